@@ -1,0 +1,136 @@
+"""The CPU/GPU switch: which array module to use, moving arrays, dtypes.
+
+The maths never asks "am I on the GPU?". Each op calls `get_array_module(x)` and gets
+NumPy for NumPy arrays and CuPy for CuPy arrays, so the same lines run on both. This file
+is the only place that knows CuPy exists.
+"""
+
+import os
+
+import numpy as np
+
+try:  # CuPy is optional: `pip install picogpt-numpy[gpu]`
+    import cupy as _cupy
+except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
+    _cupy = None
+
+DEVICES = ("cpu", "gpu")
+DTYPES = ("float32", "float64", "float16")
+
+
+class PicoGPTError(Exception):
+    """A mistake the user can fix. Commands print its message as one sentence and exit 2."""
+
+
+def get_array_module(*arrays):
+    """NumPy or CuPy, whichever the arrays belong to (NumPy when CuPy is absent)."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def gpu_available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device: CuPy raises CUDARuntimeError
+        return False
+
+
+def resolve_device(device=None):
+    """'cpu' or 'gpu' from the argument, else $PICOGPT_DEVICE, else 'cpu'; checked."""
+    device = (device or os.environ.get("PICOGPT_DEVICE") or "cpu").lower()
+    if device == "cuda":
+        device = "gpu"
+    if device not in DEVICES:
+        raise PicoGPTError(f"unknown device {device!r}: use 'cpu' or 'gpu'.")
+    if device == "gpu":
+        if _cupy is None:
+            raise PicoGPTError(
+                "the GPU was asked for but CuPy is not installed: "
+                "`pip install 'picogpt-numpy[gpu]'` (or a cupy-cudaXXx wheel matching your CUDA), "
+                "or use --device cpu."
+            )
+        if not gpu_available():
+            raise PicoGPTError("the GPU was asked for but CuPy finds no CUDA device: use --device cpu.")
+    return device
+
+
+def xp_for(device):
+    """The array module that lives on `device` ('cpu' -> NumPy, 'gpu' -> CuPy)."""
+    return _cupy if resolve_device(device) == "gpu" else np
+
+
+def device_of(x):
+    """'gpu' for a CuPy array, else 'cpu'."""
+    return "gpu" if get_array_module(x) is not np else "cpu"
+
+
+def asnumpy(x):
+    """Any array (NumPy, CuPy, a list, a scalar) -> a NumPy array on the host."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def to_device(x, device, dtype=None):
+    """Copy/convert an array onto `device` ('cpu' or 'gpu'), optionally casting to `dtype`."""
+    xp = xp_for(device)
+    if xp is np:
+        x = asnumpy(x)
+    else:
+        x = xp.asarray(x)
+    return x if dtype is None else x.astype(dtype, copy=False)
+
+
+def resolve_dtype(dtype, device):
+    """A NumPy dtype from 'float32' | 'float64' | 'float16', checked against the device."""
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise PicoGPTError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    if name == "float16" and device != "gpu":
+        # NumPy has no fast float16 matmul; it would be slower and less exact than float32.
+        raise PicoGPTError("float16 is supported on the GPU only: use dtype float32 on the CPU.")
+    return np.dtype(name)
+
+
+def make_rng(xp, seed=None):
+    """A seeded random Generator of the given array module (NumPy's and CuPy's share `random`)."""
+    return xp.random.default_rng(seed)
+
+
+def scatter_add(a, indices, values):
+    """a[indices] += values, summing repeated indices (NumPy's add.at; CuPy's scatter_add)."""
+    if get_array_module(a) is np:
+        np.add.at(a, indices, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(a, indices, values)
+
+
+def synchronize(xp):
+    """Wait for queued GPU work (a no-op on NumPy); needed for honest timings."""
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def set_tf32(enabled):
+    """Let CuPy's float32 matmuls use TF32 tensor cores (10-bit mantissa products, float32 sums).
+
+    CuPy reads the CUPY_TF32 environment variable the first time it picks a cuBLAS compute
+    type; setting the compute type as well makes the switch work after a first matmul too.
+    It does nothing on NumPy.
+    """
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    if _cupy is None:
+        return
+    try:  # CuPy's own switch; private, so tolerate its absence in other CuPy versions
+        from cupy._core import _routines_linalg as linalg
+
+        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+        linalg.set_compute_type(np.float32, mode)
+    except (ImportError, AttributeError):
+        pass

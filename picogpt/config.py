@@ -1,0 +1,115 @@
+"""GPT2Config and the named presets.
+
+The four OpenAI sizes, plus small configs for tests and classes. Field names follow
+Hugging Face's GPT2Config where they exist (n_layer, n_head, n_embd, vocab_size), except that
+picogpt calls the context length `n_ctx` (Hugging Face: `n_positions`).
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+from .backend import PicoGPTError
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_ctx: int = 1024          # context length: how many positions `wpe` has
+    vocab_size: int = 50257
+    layer_norm_epsilon: float = 1e-5
+    dropout: float = 0.0       # one rate for embeddings, attention probabilities and residuals
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
+            if int(getattr(self, name)) < 1:
+                raise PicoGPTError(f"config {name} must be a positive integer, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head:
+            raise PicoGPTError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PicoGPTError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    def replace(self, **changes):
+        return GPT2Config(**{**asdict(self), **changes})
+
+    def num_params(self):
+        """Parameter count with the LM head tied to `wte` (so it is counted once)."""
+        C, L = self.n_embd, self.n_layer
+        per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+        return self.vocab_size * C + self.n_ctx * C + L * per_block + 2 * C
+
+    # --- Hugging Face config.json --------------------------------------------------------
+    def to_hf_dict(self):
+        """The config.json that transformers' GPT2LMHeadModel.from_pretrained understands."""
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "activation_function": "gelu_new",
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "n_positions": self.n_ctx,
+            "n_ctx": self.n_ctx,
+            "vocab_size": self.vocab_size,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "n_inner": None,
+            "attn_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "resid_pdrop": self.dropout,
+            "scale_attn_weights": True,
+            "tie_word_embeddings": True,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+        }
+
+    @classmethod
+    def from_hf_dict(cls, d):
+        """Read a Hugging Face GPT-2 config.json (or picogpt's own, which is the same)."""
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise PicoGPTError(f"config.json describes a {d.get('model_type')!r} model, not GPT-2.")
+        if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise PicoGPTError(f"unsupported activation {d['activation_function']!r}: picogpt implements GPT-2's tanh GELU.")
+        if d.get("n_inner") not in (None, 4 * d.get("n_embd", 768)):
+            raise PicoGPTError("unsupported n_inner: picogpt's MLP is 4 * n_embd wide, as in GPT-2.")
+        known = {f.name for f in fields(cls)}
+        args = {k: d[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "layer_norm_epsilon") if k in d}
+        args["n_ctx"] = d.get("n_positions", d.get("n_ctx", 1024))
+        return cls(**{k: v for k, v in args.items() if k in known})
+
+
+PRESETS = {
+    # OpenAI's four GPT-2 sizes (parameter counts with the tied head).
+    "gpt2": GPT2Config(n_layer=12, n_head=12, n_embd=768),           # 124M
+    "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),   # 355M
+    "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),    # 774M
+    "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600),       # 1558M
+    # Small models for classes, tests and the bundled Shakespeare model.
+    "gpt2-mini": GPT2Config(n_layer=6, n_head=6, n_embd=384, n_ctx=256),
+    "gpt2-tiny": GPT2Config(n_layer=4, n_head=4, n_embd=256, n_ctx=256),
+    "gpt2-micro": GPT2Config(n_layer=2, n_head=2, n_embd=64, n_ctx=128),
+}
+
+# The names OpenAI used when it released the checkpoints.
+ALIASES = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+
+# The sizes that exist as real checkpoints on the Hugging Face Hub.
+HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def canonical_name(name):
+    """'124M' -> 'gpt2'; a known name -> itself; anything else -> None."""
+    name = ALIASES.get(name, name)
+    return name if name in PRESETS else None
+
+
+def get_config(name, **overrides):
+    """A preset by name (or alias), optionally with fields changed: get_config('gpt2-tiny', n_ctx=128)."""
+    canon = canonical_name(name)
+    if canon is None:
+        choices = ", ".join(list(PRESETS) + list(ALIASES))
+        raise PicoGPTError(f"unknown model config {name!r}: choose one of {choices}.")
+    return PRESETS[canon].replace(**overrides) if overrides else PRESETS[canon]

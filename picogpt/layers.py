@@ -1,0 +1,279 @@
+"""Every operation of GPT-2 as a forward/backward pair.
+
+`op_forward(inputs...) -> (out, cache)` computes the op and keeps exactly what its backward
+needs; `op_backward(dout, cache) -> grads` turns the gradient of the loss with respect to
+`out` into gradients with respect to each input. The array module comes from the data, so
+every line runs on NumPy and on CuPy.
+
+Shapes: B batch, T sequence length, C channels (n_embd), H heads, D = C / H head size,
+V vocabulary size, N = B * T rows when the batch and time axes are flattened.
+"""
+
+import math
+
+import numpy as np
+
+from .backend import get_array_module, scatter_add
+
+
+def _float32_if_half(x):
+    """Statistics (means, variances, exponentials) of float16 data are taken in float32."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+# --- token and position embedding ---------------------------------------------------------
+
+def embedding_forward(ids, W):
+    """Look up rows of a table. ids int (...), W (V, C) -> out (..., C)."""
+    return W[ids], (ids, W.shape)
+
+
+def embedding_backward(dout, cache):
+    """dout (..., C) -> dW (V, C).
+
+    out[i] = W[ids[i]], so dW[v] = sum of dout[i] over every i with ids[i] == v. A plain
+    `dW[ids] += dout` keeps only one of the repeated ids; scatter_add sums them all.
+    """
+    ids, shape = cache
+    xp = get_array_module(dout)
+    dW = xp.zeros(shape, dtype=dout.dtype)
+    scatter_add(dW, ids.reshape(-1), dout.reshape(-1, shape[1]))
+    return dW
+
+
+# --- layer norm ---------------------------------------------------------------------------
+
+def layernorm_forward(x, g, b, eps=1e-5):
+    """Normalise each row to mean 0, variance 1, then scale and shift.
+
+    x (..., C), g (C,), b (C,) -> out (..., C). Variance is the biased one (divide by C),
+    eps sits inside the square root, as in GPT-2.
+    """
+    xs = _float32_if_half(x)
+    mean = xs.mean(axis=-1, keepdims=True)
+    xc = xs - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / (var + eps) ** 0.5
+    n = (xc * rstd).astype(x.dtype, copy=False)
+    return n * g + b, (n, rstd, g)
+
+
+def layernorm_backward(dout, cache):
+    """dout (..., C) -> dx (..., C), dg (C,), db (C,).
+
+    With n = (x - mean) * rstd and dn = dout * g, differentiating through mean and rstd gives
+        dx = rstd * (dn - mean(dn) - n * mean(dn * n))      (means over the C axis)
+    """
+    n, rstd, g = cache
+    axes = tuple(range(dout.ndim - 1))
+    dg = (dout * n).sum(axis=axes)
+    db = dout.sum(axis=axes)
+    dn = _float32_if_half(dout * g)
+    nf = _float32_if_half(n)
+    dx = rstd * (dn - dn.mean(axis=-1, keepdims=True) - nf * (dn * nf).mean(axis=-1, keepdims=True))
+    return dx.astype(dout.dtype, copy=False), dg, db
+
+
+# --- linear (GPT-2's Conv1D: W is (in, out), so y = x @ W + b) -----------------------------
+
+def linear_forward(x, W, b=None):
+    """x (..., in), W (in, out), b (out,) or None -> out (..., out).
+
+    The leading axes are flattened first so that the whole batch is one matrix product: one
+    pass over W, not one per batch row (that would read W B times while decoding).
+    """
+    lead = x.shape[:-1]
+    out = x.reshape(-1, x.shape[-1]) @ W
+    if b is not None:
+        out += b
+    return out.reshape(*lead, W.shape[1]), (x, W, b is not None)
+
+
+def linear_backward(dout, cache, param_grads=True):
+    """dout (..., out) -> dx (..., in), dW (in, out), db (out,) or None.
+
+    y = x W + b  =>  dx = dy W^T,  dW = x^T dy,  db = sum of dy over rows.
+    With param_grads=False (a frozen layer) only dx is computed; dW and db are None.
+    """
+    x, W, has_bias = cache
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dx = (d2 @ W.T).reshape(x.shape)
+    if not param_grads:
+        return dx, None, None
+    dW = x.reshape(-1, x.shape[-1]).T @ d2
+    db = d2.sum(axis=0) if has_bias else None
+    return dx, dW, db
+
+
+# --- GELU, tanh approximation (Hugging Face's "gelu_new") ----------------------------------
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_forward(x):
+    """gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).  x (...) -> (...)."""
+    xp = get_array_module(x)
+    t = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+    return 0.5 * x * (1.0 + t), (x, t)
+
+
+def gelu_backward(dout, cache):
+    """dout (...) -> dx (...).
+
+    d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    Written with 1 - t^2 (never 1/cosh^2, which overflows for large |x|).
+    """
+    x, t = cache
+    du = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+# --- softmax ------------------------------------------------------------------------------
+
+def softmax_forward(x):
+    """Softmax over the last axis. x (..., K) -> p (..., K).
+
+    Subtracting the row max changes nothing mathematically and keeps exp() from overflowing.
+    Entries that are -inf (masked) become exactly 0.
+    """
+    xp = get_array_module(x)
+    xs = _float32_if_half(x)
+    e = xp.exp(xs - xs.max(axis=-1, keepdims=True))
+    p = (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype, copy=False)
+    return p, p
+
+
+def softmax_backward(dout, p):
+    """dout (..., K) -> dx (..., K).
+
+    dp_i/dx_j = p_i (delta_ij - p_j)  =>  dx = p * (dout - sum(dout * p)).
+    """
+    return p * (dout - (dout * p).sum(axis=-1, keepdims=True))
+
+
+# --- dropout ------------------------------------------------------------------------------
+
+def dropout_forward(x, rate, rng):
+    """Zero each entry with probability `rate`, scale the rest by 1/(1-rate). x (...) -> (...).
+
+    Inverted dropout: the expectation is unchanged, so inference needs no rescaling. With
+    rate 0 or no rng (inference) it is the identity and keeps no mask.
+    """
+    if not rate or rng is None:
+        return x, None
+    keep = rng.random(x.shape, dtype=np.float32) >= rate
+    scale = 1.0 / (1.0 - rate)
+    return x * keep * scale, (keep, scale)
+
+
+def dropout_backward(dout, cache):
+    """dout (...) -> dx (...): the same mask and scale as the forward."""
+    if cache is None:
+        return dout
+    keep, scale = cache
+    return dout * keep * scale
+
+
+# --- residual connection ------------------------------------------------------------------
+
+def residual_forward(x, fx):
+    """The residual stream: out = x + f(x). Both (B, T, C)."""
+    return x + fx, None
+
+
+def residual_backward(dout, cache=None):
+    """An add copies its gradient to both inputs: (dx, dfx) = (dout, dout)."""
+    return dout, dout
+
+
+# --- causal multi-head self-attention -----------------------------------------------------
+
+def split_heads(x, n_head):
+    """(B, T, C) -> (B, H, T, D): head h owns channels h*D .. (h+1)*D - 1."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, C): the inverse of split_heads (and its backward)."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def causal_mask(xp, t_query, t_key):
+    """(Tq, Tk) bool, True where query i may see key j: j <= i + (Tk - Tq).
+
+    The queries are the last Tq of the Tk positions (Tq < Tk while decoding with a KV cache).
+    """
+    return xp.tri(t_query, t_key, k=t_key - t_query, dtype=bool)
+
+
+def attention_forward(q, k, v, mask=None, dropout=0.0, rng=None):
+    """Scaled dot-product attention, one softmax per head and query.
+
+    q (B, H, Tq, D), k and v (B, H, Tk, D), mask bool broadcastable to (B, H, Tq, Tk)
+    (True = may attend; None = attend everywhere) -> out (B, H, Tq, D).
+        out = softmax(q k^T / sqrt(D) + mask) v
+    Masked scores are set to -inf with `where` (never an additive -1e10, which overflows in
+    float16); every query must be allowed at least one key.
+    """
+    xp = get_array_module(q)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.swapaxes(-1, -2)) * scale
+    if mask is not None:
+        scores = xp.where(mask, scores, -xp.inf)
+    p, p_cache = softmax_forward(scores)
+    pd, d_cache = dropout_forward(p, dropout, rng)
+    return pd @ v, (q, k, v, p_cache, pd, d_cache, scale)
+
+
+def attention_backward(dout, cache):
+    """dout (B, H, Tq, D) -> dq, dk, dv (shapes of q, k, v).
+
+    out = P v           =>  dP = dout v^T,  dv = P^T dout
+    S = q k^T * scale   =>  dq = dS k * scale,  dk = dS^T q * scale
+    and dS comes from dP through the softmax backward (masked entries have P = 0, so dS = 0).
+    """
+    q, k, v, p_cache, pd, d_cache, scale = cache
+    dv = pd.swapaxes(-1, -2) @ dout
+    dpd = dout @ v.swapaxes(-1, -2)
+    dp = dropout_backward(dpd, d_cache)
+    ds = softmax_backward(dp, p_cache) * scale
+    dq = ds @ k
+    dk = ds.swapaxes(-1, -2) @ q
+    return dq, dk, dv
+
+
+# --- cross-entropy ------------------------------------------------------------------------
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Mean negative log-likelihood of the targets.
+
+    logits (N, V), targets int (N,) -> loss (0-d array). Rows whose target is `ignore_index`
+    count for nothing (neither in the sum nor in the mean). Computed with log-sum-exp after
+    subtracting the row max, so large logits do not overflow.
+    """
+    xp = get_array_module(logits)
+    z = _float32_if_half(logits)
+    z = z - z.max(axis=-1, keepdims=True)
+    lse = xp.log(xp.exp(z).sum(axis=-1))
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, 0)
+    logp = z[xp.arange(z.shape[0]), safe] - lse
+    count = xp.maximum(valid.sum(), 1).astype(z.dtype)
+    loss = -(logp * valid).sum() / count
+    return loss, (z, lse, safe, valid, count, logits.dtype)
+
+
+def cross_entropy_backward(dloss, cache):
+    """dloss (scalar) -> dlogits (N, V).
+
+    loss = mean over valid rows of (lse(z) - z[target])  =>  dz = (softmax(z) - onehot) / count,
+    zero on ignored rows.
+    """
+    z, lse, safe, valid, count, dtype = cache
+    xp = get_array_module(z)
+    dz = xp.exp(z - lse[:, None])
+    dz[xp.arange(dz.shape[0]), safe] -= 1.0
+    dz *= (valid * (dloss / count))[:, None]
+    return dz.astype(dtype, copy=False)

@@ -1,0 +1,359 @@
+"""GPT-2: the forward pass over the parameter dict, its backward pass, and the KV cache.
+
+Parameters are one flat dict keyed by Hugging Face's GPT-2 names, with Conv1D's (in, out)
+layout so that every projection is `x @ W + b`:
+
+    wte.weight (V, C)   wpe.weight (n_ctx, C)   ln_f.weight/bias (C,)
+    h.{i}.ln_1.weight/bias (C,)            h.{i}.ln_2.weight/bias (C,)
+    h.{i}.attn.c_attn.weight (C, 3C) .bias (3C,)    output is [q | k | v]
+    h.{i}.attn.c_proj.weight (C, C)  .bias (C,)
+    h.{i}.mlp.c_fc.weight   (C, 4C)  .bias (4C,)
+    h.{i}.mlp.c_proj.weight (4C, C)  .bias (C,)
+
+The LM head is tied to `wte`: logits = ln_f(x) @ wte^T. LoRA adapters, when present, add
+`<name>.lora_A` (in, r) and `<name>.lora_B` (r, out) beside a projection's weight.
+
+`forward` returns the logits and the caches of every op; `backward` walks the same ops
+bottom-up, calling each op's backward with its cache.
+"""
+
+import numpy as np
+
+from . import layers as L
+from .backend import PicoGPTError, asnumpy, get_array_module, resolve_device, resolve_dtype, to_device
+
+LORA_SUFFIXES = (".lora_A", ".lora_B")
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions.
+
+    k[i], v[i]: (B, H, max_len, D). `length` positions are filled. `pad` (B,) int, or None,
+    is how many left-padding positions each row has (prompts of different lengths).
+    Allocating once avoids a concatenate (a copy of the whole cache) at every step.
+    """
+
+    def __init__(self, config, batch, max_len, xp, dtype, pad=None):
+        shape = (batch, config.n_head, max_len, config.head_dim)
+        self.k = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+        self.pad = None if pad is None else xp.asarray(pad)
+
+    def append(self, layer, k, v):
+        """Write k, v (B, H, T, D) at the next T positions; return the keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def positions_and_mask(xp, batch, t, start=0, pad=None):
+    """Position ids and the attention mask for `t` new tokens after `start` cached ones.
+
+    Without padding: positions (T,) = start .. start+T-1 and the causal mask (Tq, Tk), or None
+    when a single query may see every key (decoding). With left padding `pad` (B,): row b's
+    real tokens start at pad[b], so its positions are shifted by pad[b] and its padding keys
+    are hidden; a padding query still sees itself, so no softmax row is all -inf.
+    """
+    tk = start + t
+    if pad is None:
+        mask = None if t == 1 else L.causal_mask(xp, t, tk)
+        return xp.arange(start, tk), mask
+    q_abs = xp.arange(start, tk)                                     # (Tq,)
+    keys = xp.arange(tk)                                             # (Tk,)
+    pos = xp.maximum(q_abs[None, :] - pad[:, None], 0)               # (B, Tq)
+    causal = keys[None, :] <= q_abs[:, None]                         # (Tq, Tk)
+    real = keys[None, None, :] >= pad[:, None, None]                 # (B, 1, Tk)
+    itself = keys[None, :] == q_abs[:, None]                         # (Tq, Tk)
+    mask = (causal[None] & real) | itself[None]                      # (B, Tq, Tk)
+    return pos, mask[:, None]                                        # mask (B, 1, Tq, Tk)
+
+
+def _linear(params, name, x, lora_scale):
+    """x @ W + b for the projection `name`, plus its LoRA adapter (x A) B * scale if it has one."""
+    y, cache = L.linear_forward(x, params[name + ".weight"], params[name + ".bias"])
+    A = params.get(name + ".lora_A")
+    if A is None:
+        return y, (cache, None)
+    h, a_cache = L.linear_forward(x, A)
+    z, b_cache = L.linear_forward(h, params[name + ".lora_B"])
+    return y + lora_scale * z, (cache, (a_cache, b_cache, lora_scale))
+
+
+def _linear_backward(dy, cache, name, grads, wanted):
+    """Backward of `_linear`; stores the gradients of the parameters in `wanted` into `grads`."""
+    base, lora = cache
+    w = name + ".weight"
+    dx, dW, db = L.linear_backward(dy, base, param_grads=w in wanted)
+    if dW is not None:
+        grads[w], grads[name + ".bias"] = dW, db
+    if lora is not None:
+        a_cache, b_cache, scale = lora
+        dh, dB, _ = L.linear_backward(dy * scale, b_cache, param_grads=name + ".lora_B" in wanted)
+        dxa, dA, _ = L.linear_backward(dh, a_cache, param_grads=name + ".lora_A" in wanted)
+        if dB is not None:
+            grads[name + ".lora_B"] = dB
+        if dA is not None:
+            grads[name + ".lora_A"] = dA
+        dx = dx + dxa
+    return dx
+
+
+def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0):
+    """One pre-LN transformer block. x (B, T, C) -> (B, T, C).
+
+        x = x + dropout(attn(ln_1(x)))
+        x = x + dropout(mlp(ln_2(x)))
+    """
+    p, eps, H, C = f"h.{i}.", config.layer_norm_epsilon, config.n_head, config.n_embd
+    drop = config.dropout if rng is not None else 0.0
+    h, c_ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)
+    qkv, c_qkv = _linear(params, p + "attn.c_attn", h, lora_scale)
+    q, k, v = (L.split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))
+    if kv is not None:
+        k, v = kv.append(i, k, v)
+    a, c_att = L.attention_forward(q, k, v, mask, drop, rng)
+    a, c_proj = _linear(params, p + "attn.c_proj", L.merge_heads(a), lora_scale)
+    a, c_d1 = L.dropout_forward(a, drop, rng)
+    x, _ = L.residual_forward(x, a)
+    h, c_ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
+    h, c_fc = _linear(params, p + "mlp.c_fc", h, lora_scale)
+    h, c_gelu = L.gelu_forward(h)
+    h, c_mproj = _linear(params, p + "mlp.c_proj", h, lora_scale)
+    h, c_d2 = L.dropout_forward(h, drop, rng)
+    x, _ = L.residual_forward(x, h)
+    return x, (c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2)
+
+
+def block_backward(dx, cache, i, grads, wanted):
+    """The block's forward read bottom-up. dx (B, T, C) -> dx (B, T, C)."""
+    c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2 = cache
+    p = f"h.{i}."
+    # x = x + dropout(mlp(ln_2(x)))
+    dx, dh = L.residual_backward(dx)
+    dh = L.dropout_backward(dh, c_d2)
+    dh = _linear_backward(dh, c_mproj, p + "mlp.c_proj", grads, wanted)
+    dh = L.gelu_backward(dh, c_gelu)
+    dh = _linear_backward(dh, c_fc, p + "mlp.c_fc", grads, wanted)
+    dh, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = L.layernorm_backward(dh, c_ln2)
+    dx = dx + dh
+    # x = x + dropout(attn(ln_1(x)))
+    dx, da = L.residual_backward(dx)
+    da = L.dropout_backward(da, c_d1)
+    da = L.split_heads(_linear_backward(da, c_proj, p + "attn.c_proj", grads, wanted), c_att[0].shape[1])
+    dq, dk, dv = L.attention_backward(da, c_att)
+    xp = get_array_module(dx)
+    dqkv = xp.concatenate([L.merge_heads(d) for d in (dq, dk, dv)], axis=-1)
+    dh = _linear_backward(dqkv, c_qkv, p + "attn.c_attn", grads, wanted)
+    dh, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = L.layernorm_backward(dh, c_ln1)
+    return dx + dh
+
+
+def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False):
+    """GPT-2 forward. ids int (B, T) -> logits (B, T, V) and the caches for `backward`.
+
+    kv: a KVCache to read from and append to (inference); positions then continue from
+    kv.length. rng: a random Generator, which turns dropout on (training). last_only: compute
+    the LM head for the last position only -> logits (B, V) (what generation needs).
+    """
+    xp = get_array_module(params["wte.weight"])
+    B, T = ids.shape
+    start = kv.length if kv is not None else 0
+    pad = kv.pad if kv is not None else None
+    pos, mask = positions_and_mask(xp, B, T, start, pad)
+    drop = config.dropout if rng is not None else 0.0
+
+    tok, c_wte = L.embedding_forward(ids, params["wte.weight"])
+    posv, c_wpe = L.embedding_forward(xp.broadcast_to(pos, (B, T)), params["wpe.weight"])
+    x, c_drop = L.dropout_forward(tok + posv, drop, rng)
+    c_blocks = []
+    for i in range(config.n_layer):
+        x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale)
+        c_blocks.append(c)
+    if kv is not None:
+        kv.length += T
+    if last_only:
+        x = x[:, -1:]
+    x, c_lnf = L.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    logits, c_head = L.linear_forward(x, params["wte.weight"].T)   # tied LM head: x @ wte^T
+    if last_only:
+        logits = logits[:, 0]
+    return logits, (c_wte, c_wpe, c_drop, c_blocks, c_lnf, c_head)
+
+
+def backward(dlogits, caches, config, wanted=None):
+    """dlogits (B, T, V) -> grads: dict keyed like params.
+
+    `wanted` (a set of names, default: all base parameters) limits which parameter gradients
+    are computed; a frozen projection's dW = x^T dy is then skipped, not computed and thrown
+    away. The tied `wte` gets the sum of its two uses: the LM head and the token lookup.
+    """
+    c_wte, c_wpe, c_drop, c_blocks, c_lnf, c_head = caches
+    if wanted is None:
+        wanted = set(param_names(config))
+    grads = {}
+    dx, dWT, _ = L.linear_backward(dlogits, c_head, param_grads="wte.weight" in wanted)
+    dx, grads["ln_f.weight"], grads["ln_f.bias"] = L.layernorm_backward(dx, c_lnf)
+    for i in reversed(range(config.n_layer)):
+        dx = block_backward(dx, c_blocks[i], i, grads, wanted)
+    dx = L.dropout_backward(dx, c_drop)
+    # x = wte[ids] + wpe[pos]: the add hands dx to both lookups.
+    dtok, dpos = L.residual_backward(dx)
+    if "wpe.weight" in wanted:
+        grads["wpe.weight"] = L.embedding_backward(dpos, c_wpe)
+    if "wte.weight" in wanted:
+        grads["wte.weight"] = L.embedding_backward(dtok, c_wte) + dWT.T
+    return {k: g for k, g in grads.items() if k in wanted}
+
+
+def loss_and_grads(params, config, ids, targets, rng=None, lora_scale=1.0, wanted=None, ignore_index=-100):
+    """Mean cross-entropy of `targets` given `ids` (both int (B, T)) and its gradients.
+
+    Returns (loss as a 0-d array, grads keyed like params, restricted to `wanted`).
+    """
+    logits, caches = forward(params, config, ids, rng=rng, lora_scale=lora_scale)
+    B, T, V = logits.shape
+    loss, c_ce = L.cross_entropy_forward(logits.reshape(B * T, V), targets.reshape(-1), ignore_index)
+    del logits  # the cross-entropy cache holds what the backward needs
+    dlogits = L.cross_entropy_backward(1.0, c_ce).reshape(B, T, V)
+    del c_ce
+    return loss, backward(dlogits, caches, config, wanted)
+
+
+def param_names(config):
+    """Every base parameter name, in the order Hugging Face lists them."""
+    names = ["wte.weight", "wpe.weight"]
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        for sub in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+            names += [p + sub + ".weight", p + sub + ".bias"]
+    return names + ["ln_f.weight", "ln_f.bias"]
+
+
+def param_shapes(config):
+    """name -> shape for every base parameter."""
+    C, V = config.n_embd, config.vocab_size
+    shapes = {"wte.weight": (V, C), "wpe.weight": (config.n_ctx, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    sub = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+        "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }
+    for i in range(config.n_layer):
+        shapes.update({f"h.{i}.{k}": s for k, s in sub.items()})
+    return shapes
+
+
+def init_params(config, xp, dtype, seed=0):
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit layer-norm gains, and the
+    projections into the residual stream (attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer)
+    so the stream's variance does not grow with depth."""
+    rng = np.random.default_rng(seed)
+    resid_std = 0.02 / (2 * config.n_layer) ** 0.5
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+            a = np.ones(shape)
+        elif name.endswith(".bias"):
+            a = np.zeros(shape)
+        elif name.endswith("c_proj.weight"):
+            a = rng.normal(0.0, resid_std, shape)
+        else:
+            a = rng.normal(0.0, 0.02, shape)
+        params[name] = xp.asarray(a.astype(dtype))
+    return params
+
+
+class GPT2:
+    """A GPT-2: its config, its parameter dict, and where they live.
+
+    model.forward(ids) -> logits; model.generate(ids, ...) -> ids; model.loss_and_grads(ids,
+    targets) -> (loss, grads). Everything else is plain functions of (params, config).
+    """
+
+    def __init__(self, config, params, device="cpu", lora_scale=1.0):
+        self.config = config
+        self.params = params
+        self.device = device
+        self.lora_scale = lora_scale  # alpha / rank of the LoRA adapters, if any are attached
+
+    @property
+    def xp(self):
+        return get_array_module(self.params["wte.weight"])
+
+    @property
+    def dtype(self):
+        return self.params["wte.weight"].dtype
+
+    def num_params(self):
+        return sum(int(a.size) for a in self.params.values())
+
+    def _ids(self, ids, what="token ids", allow=None):
+        """Ids as an int64 (B, T) array on the model's device, checked: each in [0, vocab) or
+        equal to `allow` (the ignore index of targets)."""
+        a = asnumpy(ids)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise PicoGPTError(f"{what} must have shape (B, T) with T >= 1, got {a.shape}.")
+        if a.dtype.kind not in "iu":
+            raise PicoGPTError(f"{what} must be integers, got {a.dtype}.")
+        bad = (a < 0) | (a >= self.config.vocab_size)
+        if allow is not None:
+            bad &= a != allow
+        if bad.any():
+            raise PicoGPTError(f"{what} must be in [0, {self.config.vocab_size}), found {a[bad].flat[0]}.")
+        return self.xp.asarray(a.astype(np.int64))
+
+    def _check_context(self, used):
+        if used > self.config.n_ctx:
+            raise PicoGPTError(f"{used} positions exceed the model's context of {self.config.n_ctx} tokens.")
+
+    def forward(self, ids, kv=None):
+        """ids int (B, T) -> logits (B, T, V) on the model's device (T + cached <= n_ctx)."""
+        ids = self._ids(ids)
+        self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
+        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale)[0]
+
+    __call__ = forward
+
+    def new_cache(self, batch, max_len=None, pad=None):
+        """An empty KVCache for `batch` rows and up to `max_len` (default n_ctx) positions."""
+        return KVCache(self.config, batch, max_len or self.config.n_ctx, self.xp, self.dtype, pad)
+
+    def generate(self, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None, seed=None, **kw):
+        """Continue each prompt; see picogpt.generate.generate for every option."""
+        from .generate import generate
+
+        return generate(self, ids, max_new_tokens, temperature, top_k, top_p, seed, **kw)
+
+    def loss_and_grads(self, ids, targets, wanted=None, rng=None, ignore_index=-100):
+        """Mean cross-entropy over all target positions and its gradient for every parameter.
+
+        ids, targets int (B, T). Returns (loss as a float, grads keyed like self.params).
+        `wanted` limits the gradients computed; `rng` (a Generator) turns dropout on.
+        """
+        ids = self._ids(ids)
+        self._check_context(ids.shape[1])
+        targets = self._ids(targets, "targets", allow=ignore_index)
+        if targets.shape != ids.shape:
+            raise PicoGPTError(f"targets {targets.shape} and ids {ids.shape} must have the same shape.")
+        loss, grads = loss_and_grads(self.params, self.config, ids, targets, rng=rng, lora_scale=self.lora_scale,
+                                     wanted=wanted, ignore_index=ignore_index)
+        return float(loss), grads
+
+    def to(self, device=None, dtype=None):
+        """A copy of the model on another device and/or in another dtype."""
+        device = resolve_device(device or self.device)
+        dtype = resolve_dtype(dtype or self.dtype, device)
+        params = {k: to_device(a, device, dtype) for k, a in self.params.items()}
+        return GPT2(self.config, params, device=device, lora_scale=self.lora_scale)
+
+    def __repr__(self):
+        c = self.config
+        return (f"GPT2(n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, n_ctx={c.n_ctx}, "
+                f"vocab_size={c.vocab_size}, params={self.num_params() / 1e6:.1f}M, device={self.device!r}, dtype={self.dtype})")
