@@ -62,8 +62,9 @@ class GPT2Config:
             "resid_pdrop": self.dropout,
             "scale_attn_weights": True,
             "tie_word_embeddings": True,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
+            # GPT-2's <|endoftext|>; a model with a smaller vocabulary has no such token.
+            "bos_token_id": 50256 if self.vocab_size > 50256 else None,
+            "eos_token_id": 50256 if self.vocab_size > 50256 else None,
         }
 
     @classmethod

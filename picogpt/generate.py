@@ -185,6 +185,7 @@ def run(args):
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     prompt_ids = tok.encode(args.prompt)
     prompt_ids = fit_context([prompt_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]
+    model._ids(prompt_ids)  # range-check the ids before anything is printed
     prompt = args.prompt if len(prompt_ids) == len(tok.encode(args.prompt)) else tok.decode(prompt_ids)
 
     out = sys.stdout

@@ -138,8 +138,10 @@ def softmax_forward(x):
     """
     xp = get_array_module(x)
     xs = _float32_if_half(x)
-    e = xp.exp(xs - xs.max(axis=-1, keepdims=True))
-    p = (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype, copy=False)
+    e = xs - xs.max(axis=-1, keepdims=True)
+    xp.exp(e, out=e)                       # in place: one (..., K) buffer, not three
+    e /= e.sum(axis=-1, keepdims=True)
+    p = e.astype(x.dtype, copy=False)
     return p, p
 
 
@@ -219,9 +221,9 @@ def attention_forward(q, k, v, mask=None, dropout=0.0, rng=None):
     """
     xp = get_array_module(q)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ k.swapaxes(-1, -2)) * scale
+    scores = (q * scale) @ k.swapaxes(-1, -2)     # scaling q is cheaper than scaling q k^T
     if mask is not None:
-        scores = xp.where(mask, scores, -xp.inf)
+        xp.copyto(scores, -xp.inf, where=~mask)   # in place
     p, p_cache = softmax_forward(scores)
     pd, d_cache = dropout_forward(p, dropout, rng)
     return pd @ v, (q, k, v, p_cache, pd, d_cache, scale)
@@ -250,30 +252,80 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     """Mean negative log-likelihood of the targets.
 
     logits (N, V), targets int (N,) -> loss (0-d array). Rows whose target is `ignore_index`
-    count for nothing (neither in the sum nor in the mean). Computed with log-sum-exp after
-    subtracting the row max, so large logits do not overflow.
+    count for nothing (neither in the sum nor in the mean). With z = logits - row max (so exp
+    cannot overflow): -log p[target] = log(sum(exp(z))) - z[target]. The cache keeps the
+    probabilities, computed in place in one (N, V) buffer: at GPT-2's vocabulary that buffer
+    is the largest array of a training step.
     """
     xp = get_array_module(logits)
     z = _float32_if_half(logits)
-    z = z - z.max(axis=-1, keepdims=True)
-    lse = xp.log(xp.exp(z).sum(axis=-1))
+    z = z - z.max(axis=-1, keepdims=True)              # a new (N, V) array, reused below
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
-    logp = z[xp.arange(z.shape[0]), safe] - lse
-    count = xp.maximum(valid.sum(), 1).astype(z.dtype)
-    loss = -(logp * valid).sum() / count
-    return loss, (z, lse, safe, valid, count, logits.dtype)
+    rows = xp.arange(z.shape[0])
+    z_target = z[rows, safe]
+    p = xp.exp(z, out=z)
+    total = p.sum(axis=-1)
+    p /= total[:, None]                                # now the softmax probabilities
+    count = xp.maximum(valid.sum(), 1).astype(p.dtype)
+    loss = ((xp.log(total) - z_target) * valid).sum() / count
+    return loss, (p, safe, valid, count, logits.dtype)
 
 
 def cross_entropy_backward(dloss, cache):
     """dloss (scalar) -> dlogits (N, V).
 
-    loss = mean over valid rows of (lse(z) - z[target])  =>  dz = (softmax(z) - onehot) / count,
-    zero on ignored rows.
+    loss = mean over valid rows of (log sum exp z - z[target])
+      =>  dz = (softmax(z) - onehot(target)) / count, and 0 on ignored rows.
     """
-    z, lse, safe, valid, count, dtype = cache
-    xp = get_array_module(z)
-    dz = xp.exp(z - lse[:, None])
-    dz[xp.arange(dz.shape[0]), safe] -= 1.0
-    dz *= (valid * (dloss / count))[:, None]
+    p, safe, valid, count, dtype = cache
+    xp = get_array_module(p)
+    w = valid * (dloss / count)                        # (N,) the weight of each row
+    dz = p * w[:, None]
+    dz[xp.arange(dz.shape[0]), safe] -= w
     return dz.astype(dtype, copy=False)
+
+
+# --- the LM head and the loss together, a chunk of rows at a time -------------------------
+
+def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None):
+    """logits = x @ W^T, loss = cross_entropy(logits, targets), and the backward of both, in one pass.
+
+    x (N, C), W (V, C) (the tied `wte`), targets int (N,) -> (loss 0-d, dx (N, C), dW (V, C)).
+
+    The same maths as linear_forward -> cross_entropy_forward -> cross_entropy_backward ->
+    linear_backward (a test checks it), reorganised for memory: the logits (N, V) are by far
+    the largest array of a training step (8192 tokens x 50257 = 1.6 GB in float32). Taking
+    `chunk_rows` rows at a time, each chunk's logits become its probabilities and then its
+    dlogits in one reused buffer, and are folded into dx and dW at once:
+        dlogits = (softmax(logits) - onehot(target)) / count
+        dx[rows] = dlogits @ W,    dW += dlogits^T @ x[rows]
+    """
+    xp = get_array_module(x)
+    out_dtype = x.dtype
+    x, W = _float32_if_half(x), _float32_if_half(W)   # float16 models: the loss in float32
+    N, V = x.shape[0], W.shape[0]
+    chunk_rows = min(chunk_rows or max(1, (1 << 25) // V), N)   # default ~128 MB of logits
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, 0)
+    w = (valid / xp.maximum(valid.sum(), 1)).astype(x.dtype)    # (N,) each row's weight in the mean
+    dx, dW, dW_part = xp.empty_like(x), xp.zeros_like(W), xp.empty_like(W)
+    buf = xp.empty((chunk_rows, V), dtype=x.dtype)
+    loss = xp.zeros((), dtype=x.dtype)
+    for start in range(0, N, chunk_rows):
+        stop = min(start + chunk_rows, N)
+        rows, tgt, wc = xp.arange(stop - start), safe[start:stop], w[start:stop]
+        xc, z = x[start:stop], buf[:stop - start]
+        xp.matmul(xc, W.T, out=z)                                     # logits
+        z -= z.max(axis=-1, keepdims=True)
+        z_target = z[rows, tgt]
+        xp.exp(z, out=z)
+        total = z.sum(axis=-1)
+        z /= total[:, None]                                           # probabilities
+        loss += ((xp.log(total) - z_target) * wc).sum()
+        z[rows, tgt] -= 1.0
+        z *= wc[:, None]                                              # dlogits
+        xp.matmul(z, W, out=dx[start:stop])
+        xp.matmul(z.T, xc, out=dW_part)
+        dW += dW_part
+    return loss, dx.astype(out_dtype, copy=False), dW.astype(out_dtype, copy=False)

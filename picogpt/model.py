@@ -151,12 +151,14 @@ def block_backward(dx, cache, i, grads, wanted):
     return dx + dh
 
 
-def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False):
+def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False, head=True):
     """GPT-2 forward. ids int (B, T) -> logits (B, T, V) and the caches for `backward`.
 
     kv: a KVCache to read from and append to (inference); positions then continue from
     kv.length. rng: a random Generator, which turns dropout on (training). last_only: compute
     the LM head for the last position only -> logits (B, V) (what generation needs).
+    head=False stops before the LM head and returns the final hidden states (B, T, C) instead
+    (the training loss applies the head itself, fused with the cross-entropy).
     """
     xp = get_array_module(params["wte.weight"])
     B, T = ids.shape
@@ -177,10 +179,13 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     if last_only:
         x = x[:, -1:]
     x, c_lnf = L.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    caches = (c_wte, c_wpe, c_drop, c_blocks, c_lnf)
+    if not head:
+        return x, caches
     logits, c_head = L.linear_forward(x, params["wte.weight"].T)   # tied LM head: x @ wte^T
     if last_only:
         logits = logits[:, 0]
-    return logits, (c_wte, c_wpe, c_drop, c_blocks, c_lnf, c_head)
+    return logits, caches + (c_head,)
 
 
 def backward(dlogits, caches, config, wanted=None):
@@ -190,11 +195,19 @@ def backward(dlogits, caches, config, wanted=None):
     are computed; a frozen projection's dW = x^T dy is then skipped, not computed and thrown
     away. The tied `wte` gets the sum of its two uses: the LM head and the token lookup.
     """
-    c_wte, c_wpe, c_drop, c_blocks, c_lnf, c_head = caches
-    if wanted is None:
-        wanted = set(param_names(config))
-    grads = {}
+    *caches, c_head = caches
+    wanted = set(param_names(config)) if wanted is None else wanted
     dx, dWT, _ = L.linear_backward(dlogits, c_head, param_grads="wte.weight" in wanted)
+    return backward_hidden(dx, caches, config, wanted, None if dWT is None else dWT.T)
+
+
+def backward_hidden(dx, caches, config, wanted, dwte_head=None):
+    """From the gradient of the final hidden states dx (B, T, C) down to the embeddings.
+
+    dwte_head: the LM head's share of wte's gradient (V, C), added to the lookup's share.
+    """
+    c_wte, c_wpe, c_drop, c_blocks, c_lnf = caches
+    grads = {}
     dx, grads["ln_f.weight"], grads["ln_f.bias"] = L.layernorm_backward(dx, c_lnf)
     for i in reversed(range(config.n_layer)):
         dx = block_backward(dx, c_blocks[i], i, grads, wanted)
@@ -204,22 +217,26 @@ def backward(dlogits, caches, config, wanted=None):
     if "wpe.weight" in wanted:
         grads["wpe.weight"] = L.embedding_backward(dpos, c_wpe)
     if "wte.weight" in wanted:
-        grads["wte.weight"] = L.embedding_backward(dtok, c_wte) + dWT.T
+        grads["wte.weight"] = L.embedding_backward(dtok, c_wte)
+        if dwte_head is not None:
+            grads["wte.weight"] += dwte_head
     return {k: g for k, g in grads.items() if k in wanted}
 
 
 def loss_and_grads(params, config, ids, targets, rng=None, lora_scale=1.0, wanted=None, ignore_index=-100):
     """Mean cross-entropy of `targets` given `ids` (both int (B, T)) and its gradients.
 
-    Returns (loss as a 0-d array, grads keyed like params, restricted to `wanted`).
+    Returns (loss as a 0-d array, grads keyed like params, restricted to `wanted`). The LM head
+    and the loss run fused, in chunks of rows (layers.lm_head_cross_entropy), so the (B, T, V)
+    logits never exist at once.
     """
-    logits, caches = forward(params, config, ids, rng=rng, lora_scale=lora_scale)
-    B, T, V = logits.shape
-    loss, c_ce = L.cross_entropy_forward(logits.reshape(B * T, V), targets.reshape(-1), ignore_index)
-    del logits  # the cross-entropy cache holds what the backward needs
-    dlogits = L.cross_entropy_backward(1.0, c_ce).reshape(B, T, V)
-    del c_ce
-    return loss, backward(dlogits, caches, config, wanted)
+    wanted = set(param_names(config)) if wanted is None else wanted
+    hidden, caches = forward(params, config, ids, rng=rng, lora_scale=lora_scale, head=False)
+    B, T, C = hidden.shape
+    loss, dhidden, dwte = L.lm_head_cross_entropy(hidden.reshape(B * T, C), params["wte.weight"],
+                                                   targets.reshape(-1), ignore_index)
+    return loss, backward_hidden(dhidden.reshape(B, T, C), caches, config, wanted,
+                                 dwte if "wte.weight" in wanted else None)
 
 
 def param_names(config):
@@ -275,11 +292,12 @@ class GPT2:
     targets) -> (loss, grads). Everything else is plain functions of (params, config).
     """
 
-    def __init__(self, config, params, device="cpu", lora_scale=1.0):
+    def __init__(self, config, params, device="cpu", lora_scale=1.0, lora=None):
         self.config = config
         self.params = params
         self.device = device
         self.lora_scale = lora_scale  # alpha / rank of the LoRA adapters, if any are attached
+        self.lora = lora              # {"rank", "alpha", "targets"} of those adapters
 
     @property
     def xp(self):
@@ -351,7 +369,7 @@ class GPT2:
         device = resolve_device(device or self.device)
         dtype = resolve_dtype(dtype or self.dtype, device)
         params = {k: to_device(a, device, dtype) for k, a in self.params.items()}
-        return GPT2(self.config, params, device=device, lora_scale=self.lora_scale)
+        return GPT2(self.config, params, device=device, lora_scale=self.lora_scale, lora=self.lora)
 
     def __repr__(self):
         c = self.config

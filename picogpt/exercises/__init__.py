@@ -1,0 +1,91 @@
+"""Classroom exercises: write a piece of GPT-2 yourself, and have a checker grade it.
+
+Each exercise is one function of the model (softmax, layer norm, attention, the AdamW step...)
+with a plain signature: arrays in, arrays out. It comes with a statement (what to implement, the
+shapes, the maths, a hint), a stub to fill in, a reference solution (picogpt's own code), and a
+checker that runs your function on hand-picked edge cases and on inputs drawn by hypothesis,
+compares with the reference at tight tolerance, and, when they differ, says on which input, by
+how much, and what the mistake probably is.
+
+    >>> import picogpt.exercises as ex
+    >>> ex.names()[:3]
+    ['softmax', 'layernorm_forward', 'layernorm_backward']
+    >>> print(ex.statement("softmax"))          # doctest: +SKIP
+    >>> def softmax(x): ...                     # your solution
+    >>> result = ex.check("softmax", softmax)   # doctest: +SKIP  (prints the feedback)
+    >>> bool(result)                            # doctest: +SKIP
+    True
+
+From a shell: `python -m picogpt.exercises list | show NAME | stub NAME | check NAME FILE.py |
+make-student TEACHER.ipynb STUDENT.ipynb | teacher DST.ipynb` (see `--help`).
+
+For teachers: `teacher.ipynb`, next to this file, has one section per exercise with the solution
+between nbgrader's `### BEGIN SOLUTION` / `### END SOLUTION` markers; `make_student` turns it
+(or any notebook using those markers) into the students' version. See TEACHERS.md.
+"""
+
+from importlib import resources
+
+from ..backend import PicoGPTError
+from .checker import DEFAULT_MAX_EXAMPLES, CheckResult, run_check
+from .student import make_student
+
+__all__ = ["CheckResult", "DEFAULT_MAX_EXAMPLES", "check", "describe", "make_student", "names", "reference",
+           "statement", "stub", "teacher_notebook_path"]
+
+
+def _catalog():
+    from .catalog import EXERCISES  # imported lazily: it pulls in the model and the optimizer
+    return EXERCISES
+
+
+def get(name):
+    """The Exercise called `name`, or one clear sentence listing the names there are."""
+    exercises = _catalog()
+    if name not in exercises:
+        raise PicoGPTError(f"there is no exercise called {name!r}; the exercises are: {', '.join(exercises)}.")
+    return exercises[name]
+
+
+def names():
+    """The exercise names, in teaching order."""
+    return list(_catalog())
+
+
+def describe(name):
+    """A one-line description of the exercise."""
+    return get(name).summary
+
+
+def statement(name):
+    """The statement (markdown): what to implement, the shapes, the maths, a hint."""
+    return get(name).statement
+
+
+def stub(name):
+    """The stub's source: `import numpy as np` and the function with `raise NotImplementedError`."""
+    return get(name).stub
+
+
+def reference(name):
+    """The reference solution: a function with the stub's signature."""
+    return get(name).reference
+
+
+def check(name, fn, max_examples=DEFAULT_MAX_EXAMPLES, seed=0, verbose=True):
+    """Check `fn` against exercise `name`; print the feedback (unless verbose=False) and return
+    a CheckResult, truthy when `fn` passes.
+
+    max_examples: how many inputs hypothesis draws after the hand-picked ones (more is stricter
+        and slower). seed: which inputs it draws; a grader can use another seed than the one
+        students practised with.
+    """
+    result = run_check(get(name), fn, max_examples=max_examples, seed=seed)
+    if verbose:
+        print(result.feedback)
+    return result
+
+
+def teacher_notebook_path():
+    """Where the teacher's template notebook is installed (copy it before editing)."""
+    return resources.files(__name__).joinpath("teacher.ipynb")

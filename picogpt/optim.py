@@ -1,0 +1,92 @@
+"""AdamW, the learning-rate schedule, and gradient clipping.
+
+All three act on dicts keyed like `model.params`, in place, with the array module of the data.
+"""
+
+import math
+
+from .backend import get_array_module
+
+
+def decays(name, param):
+    """Which parameters get weight decay: matrices (projections, embeddings, LoRA adapters) do;
+    biases and layer-norm gains (1-D) don't, as in GPT-2 practice (nanoGPT, minGPT)."""
+    return param.ndim >= 2
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW computes it:
+
+        p <- p * (1 - lr * wd)                      (decay, only for `decays` parameters)
+        m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
+        p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
+
+    Decay is "decoupled" because it shrinks the weights directly instead of being added to the
+    gradient, where Adam's per-parameter scaling would distort it.
+    """
+
+    def __init__(self, params, names=None, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
+        names = list(params) if names is None else list(names)
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.m = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
+        self.v = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
+        self.decay = {k for k in names if decays(k, params[k])}
+        self.t = 0
+
+    def step(self, params, grads, lr):
+        """Update `params` in place from `grads` (only the names this optimizer was built for)."""
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        for k, m in self.m.items():
+            g, p, v = grads[k], params[k], self.v[k]
+            xp = get_array_module(p)
+            if k in self.decay and self.weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+
+    def state_dict(self):
+        """Arrays (name -> array) and scalars, for checkpoints."""
+        arrays = {f"m:{k}": a for k, a in self.m.items()}
+        arrays.update({f"v:{k}": a for k, a in self.v.items()})
+        return arrays, {"t": self.t}
+
+    def load_state_dict(self, arrays, scalars):
+        xp = get_array_module(next(iter(self.m.values())))
+        for k in self.m:
+            self.m[k] = xp.array(arrays[f"m:{k}"], dtype=self.m[k].dtype)  # a copy: loaded arrays are read-only mmaps
+            self.v[k] = xp.array(arrays[f"v:{k}"], dtype=self.v[k].dtype)
+        self.t = int(scalars["t"])
+
+
+def lr_at(step, lr, min_lr, warmup_steps, total_steps):
+    """The learning rate at `step` (0-based): linear warmup to `lr` over `warmup_steps`, then
+    cosine decay to `min_lr` at `total_steps` (and `min_lr` after)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    ratio = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def global_norm(grads):
+    """sqrt of the sum of squares of every gradient entry, as a float."""
+    return math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients together so their global norm is at most `max_norm`; in place.
+
+    Returns the norm before clipping. Same rule as torch.nn.utils.clip_grad_norm_: scale by
+    max_norm / (norm + 1e-6) when that is below 1. Clipping by the global norm keeps the
+    update's direction; clipping each tensor separately would not.
+    """
+    norm = global_norm(grads)
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1.0:
+        for g in grads.values():
+            g *= scale
+    return norm

@@ -1,0 +1,400 @@
+"""The training loop and `python -m picogpt.train`: from scratch, from GPT-2, or with LoRA.
+
+One step: draw `grad_accum` random batches, run forward + backward on each (model.loss_and_grads),
+average their gradients, clip them by global norm, set the learning rate (warmup + cosine), and
+let AdamW update the parameters. Every `eval_interval` steps the validation loss is measured on a
+fixed set of batches, and a checkpoint is written atomically.
+
+Determinism: step s draws its batches and its dropout masks from generators seeded by (seed, s),
+so a run resumed from a checkpoint at step s continues exactly as an uninterrupted run would.
+
+The output folder holds
+  checkpoint.safetensors   parameters being trained, AdamW's moments, the step, both configs
+  config.json + model.safetensors   the model, ready for `python -m picogpt.generate --model OUT`
+  adapters.safetensors     (LoRA runs) the adapters alone
+  log.jsonl                one JSON line per logged step and per evaluation
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import data as D
+from . import lora as lora_mod
+from . import safetensors
+from .backend import PicoGPTError, asnumpy, make_rng, resolve_device, set_tf32, synchronize
+from .config import get_config
+from .files import write_json
+from .optim import AdamW, clip_grad_norm, lr_at
+from .weights import init_model, load_model, save_model
+
+
+@dataclass
+class TrainConfig:
+    data: str                       # a text file, or a folder made by `python -m picogpt.data`
+    out: str = "out"                # where checkpoints and logs go
+    model: str = "gpt2-tiny"        # config preset for --init scratch
+    n_layer: int = None             # overrides of the preset (scratch only)
+    n_head: int = None
+    n_embd: int = None
+    init: str = "scratch"           # scratch | gpt2 | gpt2-medium | ... | a checkpoint folder
+    steps: int = 1000
+    batch_size: int = 16
+    block_size: int = None          # context of a training window (default: the model's n_ctx)
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr: float = None            # default lr / 10
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0          # 0 = no clipping
+    dropout: float = 0.0
+    eval_interval: int = 100
+    eval_batches: int = 20
+    log_interval: int = 10
+    save_interval: int = None       # default eval_interval
+    seed: int = 0
+    device: str = None
+    dtype: str = "float32"
+    tf32: bool = False
+    lora_rank: int = 0              # > 0: freeze the base, train rank-r adapters
+    lora_alpha: float = None
+    val_fraction: float = 0.05
+    resume: bool = False
+
+    def check(self):
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise PicoGPTError(f"the learning rate must be > 0, got {self.lr}.")
+        for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, name) < 1:
+                raise PicoGPTError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise PicoGPTError("warmup steps, weight decay and gradient clip must be >= 0.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PicoGPTError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.block_size is not None and self.block_size < 1:
+            raise PicoGPTError(f"block-size must be >= 1, got {self.block_size}.")
+        if self.lora_rank < 0:
+            raise PicoGPTError(f"lora-rank must be >= 0, got {self.lora_rank}.")
+        return self
+
+
+# The fields a resumed run must share with the checkpoint it continues.
+_MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype")
+
+
+class Trainer:
+    """Holds the model, the optimizer and the data; `run()` trains, `step()` does one step."""
+
+    def __init__(self, cfg, log=print):
+        self.cfg = cfg.check()
+        self.log = log
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        if cfg.tf32:
+            set_tf32(True)
+        self.train_ids, self.val_ids = D.load_dataset(cfg.data, cfg.val_fraction)
+        self.model = self._build_model()
+        self.block_size = cfg.block_size or self.model.config.n_ctx
+        if self.block_size > self.model.config.n_ctx:
+            raise PicoGPTError(f"a block size of {self.block_size} is longer than the model's context of "
+                               f"{self.model.config.n_ctx} tokens.")
+        D.check_length(self.train_ids, self.block_size, "train")
+        D.check_length(self.val_ids, self.block_size, "validation")
+        V = self.model.config.vocab_size
+        if int(self.train_ids.max()) >= V or int(self.val_ids.max()) >= V:
+            raise PicoGPTError(f"the data holds GPT-2 token ids up to {int(max(self.train_ids.max(), self.val_ids.max()))}, "
+                               f"but the model's vocabulary has only {V} tokens.")
+        if cfg.lora_rank:
+            self.trainable = lora_mod.add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+        else:
+            self.trainable = list(self.model.params)
+        self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        self.step_num = 0
+        self.best_val = None
+        rng = np.random.default_rng([cfg.seed, 1])  # fixed evaluation batches, the same every time
+        self.eval_sets = {name: [D.get_batch(ids, cfg.batch_size, self.block_size, rng) for _ in range(cfg.eval_batches)]
+                          for name, ids in (("train", self.train_ids), ("val", self.val_ids))}
+        if cfg.resume:
+            self._load_checkpoint()
+
+    # --- set-up -------------------------------------------------------------------------
+    def _build_model(self):
+        cfg = self.cfg
+        sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
+        if cfg.init == "scratch":
+            config = get_config(cfg.model, **sizes)
+            if cfg.block_size:
+                config = config.replace(n_ctx=cfg.block_size)
+            model = init_model(config, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
+        else:
+            if sizes:
+                raise PicoGPTError("--n-layer/--n-head/--n-embd apply to --init scratch only; a pretrained model keeps its sizes.")
+            model = load_model(cfg.init, device=self.device, dtype=cfg.dtype)
+        model.config = model.config.replace(dropout=cfg.dropout)
+        return model
+
+    def lr(self, step):
+        cfg = self.cfg
+        min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
+        return lr_at(step, cfg.lr, min_lr, cfg.warmup_steps, cfg.steps)
+
+    # --- one step -----------------------------------------------------------------------
+    def step(self):
+        """One optimisation step; returns a dict of what happened (loss, lr, grad norm, tokens)."""
+        cfg, model = self.cfg, self.model
+        xp = model.xp
+        s = self.step_num
+        batch_rng = np.random.default_rng([cfg.seed, 0, s])
+        drop_rng = make_rng(xp, (cfg.seed * 1_000_003 + s) % 2**63) if cfg.dropout else None
+        wanted = set(self.trainable)
+        total, grads = 0.0, None
+        t0 = time.perf_counter()
+        for _ in range(cfg.grad_accum):
+            x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
+            loss, g = model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng)
+            total += loss / cfg.grad_accum
+            if grads is None:
+                grads = g
+            else:
+                for k in grads:
+                    grads[k] += g[k]
+        if cfg.grad_accum > 1:
+            for g in grads.values():
+                g /= cfg.grad_accum
+        if not math.isfinite(total):
+            return {"step": s, "loss": total}
+        norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip else None
+        lr = self.lr(s)
+        self.opt.step(model.params, grads, lr)
+        synchronize(xp)
+        seconds = time.perf_counter() - t0
+        self.step_num += 1
+        tokens = cfg.grad_accum * cfg.batch_size * self.block_size
+        return {"step": s, "loss": total, "lr": lr, "grad_norm": norm, "tokens": tokens, "seconds": seconds}
+
+    def evaluate(self, split="val"):
+        """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
+        from .layers import cross_entropy_forward
+        from .model import forward
+
+        model, losses = self.model, []
+        for x, y in self.eval_sets[split]:
+            logits, _ = forward(model.params, model.config, model.xp.asarray(x), lora_scale=model.lora_scale)
+            B, T, V = logits.shape
+            loss, _ = cross_entropy_forward(logits.reshape(B * T, V), model.xp.asarray(y).reshape(-1))
+            losses.append(float(loss))
+        return float(np.mean(losses))
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self):
+        """Write checkpoint.safetensors (atomically), then the model for generation."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        arrays = {f"param:{k}": asnumpy(self.model.params[k]) for k in self.trainable}
+        opt_arrays, opt_scalars = self.opt.state_dict()
+        arrays.update({k: asnumpy(a) for k, a in opt_arrays.items()})
+        meta = {"step": self.step_num, "train_config": json.dumps(asdict(self.cfg)), "optimizer": json.dumps(opt_scalars),
+                "model_config": json.dumps(asdict(self.model.config)), "best_val": json.dumps(self.best_val)}
+        safetensors.save(arrays, self.out / "checkpoint.safetensors", metadata=meta)
+        if self.cfg.lora_rank:
+            lora_mod.save_adapters(self.model, self.out / "adapters.safetensors")
+            save_model(lora_mod.merge_lora(self.model), self.out)
+        else:
+            save_model(self.model, self.out)
+
+    def _load_checkpoint(self):
+        path = self.out / "checkpoint.safetensors"
+        if not path.is_file():
+            raise PicoGPTError(f"--resume: there is no checkpoint at {path}.")
+        _, meta, _ = safetensors.read_header(path)
+        try:
+            saved = json.loads(meta["train_config"])
+            step, opt_scalars = int(meta["step"]), json.loads(meta["optimizer"])
+        except (KeyError, ValueError):
+            raise PicoGPTError(f"{path} is not a picogpt training checkpoint.") from None
+        for k in _MUST_MATCH:
+            if saved.get(k) != getattr(self.cfg, k):
+                raise PicoGPTError(f"--resume: the checkpoint was made with {k}={saved.get(k)!r}, this run has "
+                                   f"{getattr(self.cfg, k)!r}; rerun with the same settings.")
+        arrays = safetensors.load(path)
+        xp = self.model.xp
+        for k in self.trainable:
+            if f"param:{k}" not in arrays:
+                raise PicoGPTError(f"{path} lacks parameter {k!r}: it is corrupt or from another model.")
+            self.model.params[k] = xp.asarray(np.array(arrays[f"param:{k}"], dtype=self.model.dtype))  # copy: read-only mmap
+        self.opt.load_state_dict(arrays, opt_scalars)
+        self.step_num = step
+        self.best_val = json.loads(meta.get("best_val", "null"))
+        self.log(f"resumed from {path} at step {step}")
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self):
+        """Train to cfg.steps; returns the last evaluation {'step', 'train_loss', 'val_loss'}.
+
+        A NaN or infinite loss (training or evaluation) stops the run before anything is saved,
+        so the last checkpoint written is the last good one.
+        """
+        cfg = self.cfg
+        save_every = cfg.save_interval or cfg.eval_interval
+        self._prepare_out()
+        self.log(f"training {self.model!r}\n  {len(self.trainable)} tensors trainable "
+                 f"({sum(int(self.model.params[k].size) for k in self.trainable):,} numbers); "
+                 f"{len(self.train_ids):,} train / {len(self.val_ids):,} val tokens; "
+                 f"{cfg.batch_size} x {self.block_size} tokens x {cfg.grad_accum} per step")
+        recent, last_eval = [], None
+        # Overflow on the way to a NaN is reported once, as the error below, not as warnings.
+        with open(self.out / "log.jsonl", "a") as logf, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while self.step_num < cfg.steps:
+                info = self.step()
+                self._stop_unless_finite(info["loss"], info["step"] + 1, "the training loss")
+                recent.append(info)
+                s = self.step_num
+                if s % cfg.log_interval == 0 or s == cfg.steps:
+                    self._report(recent, logf)
+                    recent = []
+                if s % cfg.eval_interval == 0 or s == cfg.steps:
+                    last_eval = {"step": s, "train_loss": self.evaluate("train"), "val_loss": self.evaluate("val")}
+                    self._stop_unless_finite(last_eval["val_loss"] + last_eval["train_loss"], s, "the evaluation loss")
+                    self.best_val = min(self.best_val or math.inf, last_eval["val_loss"])
+                    self.log(f"step {s}: train loss {last_eval['train_loss']:.4f}, val loss {last_eval['val_loss']:.4f}")
+                    self._write(logf, {"eval": True, **last_eval})
+                if s % save_every == 0 or s == cfg.steps:
+                    self._stop_unless_finite(sum(float(self.model.params[k].sum()) for k in self.trainable), s, "a parameter")
+                    self.save_checkpoint()
+        return last_eval
+
+    def _stop_unless_finite(self, value, step, what):
+        if not math.isfinite(value):
+            raise PicoGPTError(
+                f"{what} became {'NaN' if value != value else 'infinite'} at step {step}: training stopped. The last good "
+                f"checkpoint is kept in {self.out}/; try a lower --lr or a stronger --grad-clip.")
+
+    def _prepare_out(self):
+        """Create the output folder, record the config, and remove temporary files that a run
+        killed while saving left behind (the files under the real names are whole)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp-*"):
+            stale.unlink()
+        write_json(self.out / "train_config.json", asdict(self.cfg))
+
+    def _report(self, recent, logf):
+        cfg, s = self.cfg, self.step_num
+        loss = float(np.mean([r["loss"] for r in recent]))
+        secs = sum(r["seconds"] for r in recent)
+        tok_s = sum(r["tokens"] for r in recent) / max(secs, 1e-9)
+        left = (cfg.steps - s) * secs / len(recent)
+        norm = recent[-1]["grad_norm"]
+        self.log(f"step {s:>6}/{cfg.steps} | loss {loss:.4f} | lr {recent[-1]['lr']:.2e} | "
+                 f"{'' if norm is None else f'grad norm {norm:.2f} | '}{tok_s:,.0f} tok/s | {_hms(left)} left")
+        for r in recent:
+            self._write(logf, {"step": r["step"] + 1, "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
+                               "tokens_per_s": r["tokens"] / max(r["seconds"], 1e-9)})
+
+    @staticmethod
+    def _write(logf, record):
+        if logf:
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(cfg=None, log=print, **kwargs):
+    """Train from a TrainConfig (or its fields as keywords); returns the Trainer when done."""
+    cfg = cfg or TrainConfig(**kwargs)
+    trainer = Trainer(cfg, log=log)
+    trainer.run()
+    return trainer
+
+
+# --- the command line ---------------------------------------------------------------------
+
+_HELP = {
+    "data": "a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin)",
+    "out": "folder for checkpoints, the final model and log.jsonl (default: out)",
+    "model": "config preset for --init scratch: gpt2-micro, gpt2-tiny, gpt2-mini, gpt2, ... (default gpt2-tiny)",
+    "init": "scratch (random init), gpt2 / gpt2-medium / ... (OpenAI's weights), or a checkpoint folder",
+    "steps": "optimisation steps in total (default 1000)",
+    "batch_size": "sequences per micro-batch (default 16)",
+    "block_size": "tokens per sequence (default: the model's context)",
+    "grad_accum": "micro-batches per step; their gradients are averaged (default 1)",
+    "lr": "peak learning rate, reached after the warmup (default 6e-4)",
+    "min_lr": "learning rate at the end of the cosine decay (default lr / 10)",
+    "warmup_steps": "steps of linear warmup (default 100)",
+    "weight_decay": "AdamW decoupled weight decay of matrices (default 0.1)",
+    "grad_clip": "clip the global gradient norm to this (default 1.0; 0 = off)",
+    "dropout": "dropout rate during training (default 0)",
+    "eval_interval": "measure train/val loss every N steps (default 100)",
+    "eval_batches": "batches per loss measurement (default 20)",
+    "log_interval": "print progress every N steps (default 10)",
+    "save_interval": "write a checkpoint every N steps (default: the eval interval)",
+    "lora_rank": "train rank-r LoRA adapters on the attention and MLP projections, base frozen (default 0 = full training)",
+    "lora_alpha": "LoRA scale numerator: updates are scaled by alpha / rank (default: rank)",
+    "resume": "continue from OUT/checkpoint.safetensors (rerun the same command with --resume)",
+    "tf32": "GPU only: let float32 matmuls use TF32 tensor cores",
+    "device": "cpu or gpu (default: $PICOGPT_DEVICE or cpu)",
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m picogpt.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train GPT-2 with picogpt's own backprop: from scratch, from OpenAI's weights, or with LoRA adapters.",
+        epilog="examples:\n"
+               "  # the bundled Shakespeare model (see picogpt/assets/shakespeare/MODEL_CARD.md)\n"
+               "  python -m picogpt.data shakespeare.txt --out data/shakespeare\n"
+               "  python -m picogpt.train --data data/shakespeare --model gpt2-tiny --steps 1500 --out out/shakespeare\n"
+               "  # fine-tune GPT-2 124M, fully or with LoRA\n"
+               "  python -m picogpt.train --data data/shakespeare --init gpt2 --block-size 256 --lr 3e-5 --steps 200\n"
+               "  python -m picogpt.train --data data/shakespeare --init gpt2 --lora-rank 8 --lr 1e-3 --steps 200\n"
+               "  # pick up where a stopped run left off\n"
+               "  python -m picogpt.train --data data/shakespeare --out out/shakespeare --steps 1500 --resume")
+    p.add_argument("--data", required=True, help=_HELP["data"])
+    for f in fields(TrainConfig):
+        if f.name == "data":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            if f.name == "device":
+                p.add_argument(flag, choices=["cpu", "gpu"], default=None, help=_HELP["device"])
+            elif f.name == "dtype":
+                p.add_argument(flag, choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
+            else:
+                p.add_argument(flag, type=typ, default=f.default, help=_HELP.get(f.name, ""),
+                               metavar=f.name.upper() if f.name not in ("init", "model") else None)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = TrainConfig(**vars(args))
+        trainer = Trainer(cfg)
+        last = trainer.run()
+        if last:
+            print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}; "
+                  f"model in {cfg.out}/ (python -m picogpt.generate \"...\" --model {cfg.out})")
+    except PicoGPTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command with --resume to continue from the last checkpoint.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

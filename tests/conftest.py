@@ -1,0 +1,52 @@
+"""Shared test setup: hypothesis profiles, the `xp` fixture, and skipping GPU tests without a GPU.
+
+Hypothesis profiles, chosen with the environment variable HYPOTHESIS_PROFILE (default "ci"):
+    ci        25 examples per property, no deadline (shared CI machines have noisy timings)
+    dev       10 examples, for a quick run while editing
+    thorough  300 examples, for a run before a release or after touching a backward
+
+Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason,
+wherever picogpt.backend.gpu_available() is False: no CuPy, or CuPy without a CUDA device.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from picogpt.backend import gpu_available
+
+settings.register_profile("ci", max_examples=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=10, deadline=None)
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+GPU_SKIP_REASON = "needs CuPy and a CUDA GPU (picogpt.backend.gpu_available() is False here)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked `gpu` when there is no usable GPU, saying why."""
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array module a test runs on: NumPy always, CuPy as well where there is a GPU.
+
+    Session-scoped so that hypothesis tests may use it (it holds no state between examples).
+    """
+    if request.param == "numpy":
+        return np
+    if not gpu_available():  # also guarded by the `gpu` marker; this keeps the fixture safe alone
+        pytest.skip(GPU_SKIP_REASON)
+    import cupy
+
+    return cupy
