@@ -49,7 +49,7 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
-def positions_and_mask(xp, batch, t, start=0, pad=None):
+def positions_and_mask(xp, t, start=0, pad=None):
     """Position ids and the attention mask for `t` new tokens after `start` cached ones.
 
     Without padding: positions (T,) = start .. start+T-1 and the causal mask (Tq, Tk), or None
@@ -164,7 +164,7 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     B, T = ids.shape
     start = kv.length if kv is not None else 0
     pad = kv.pad if kv is not None else None
-    pos, mask = positions_and_mask(xp, B, T, start, pad)
+    pos, mask = positions_and_mask(xp, T, start, pad)
     drop = config.dropout if rng is not None else 0.0
 
     tok, c_wte = L.embedding_forward(ids, params["wte.weight"])
@@ -335,6 +335,8 @@ class GPT2:
         """ids int (B, T) -> logits (B, T, V) on the model's device (T + cached <= n_ctx)."""
         ids = self._ids(ids)
         self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
+        if kv is not None and kv.length + ids.shape[1] > kv.max_len:
+            raise PicoGPTError(f"the KV cache holds {kv.max_len} positions; {kv.length} are used and {ids.shape[1]} more do not fit.")
         return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale)[0]
 
     __call__ = forward

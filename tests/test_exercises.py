@@ -61,6 +61,13 @@ def test_every_required_exercise_exists_with_statement_stub_and_reference():
         assert callable(ex.reference(name)) and ex.describe(name)
 
 
+def test_module_doctest():
+    import doctest
+
+    failed, attempted = doctest.testmod(ex)
+    assert attempted and not failed
+
+
 def test_unknown_exercise_and_non_function_are_clear_errors():
     with pytest.raises(PicoGPTError, match="no exercise called 'sofmax'.*softmax"):
         ex.check("sofmax", print)
@@ -387,7 +394,8 @@ def test_cli_check_exit_codes(tmp_path):
                                                 "    e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
                                                 "    return e / e.sum(axis=-1, keepdims=True)"))
     bad = tmp_path / "bad.py"
-    bad.write_text("import numpy as np\n\ndef solution(x):\n    e = np.exp(x)\n    return e / e.sum(-1, keepdims=True)\n")
+    bad.write_text("import numpy as np\n\n\ndef solution(x):\n"
+                   "    e = np.exp(x)\n    return e / e.sum(-1, keepdims=True)\n")
     ok = cli("check", "softmax", str(good), "--examples", "10")
     assert ok.returncode == 0 and "passed" in ok.stdout, ok.stdout + ok.stderr
     failed = cli("check", "softmax", str(bad), "--examples", "10")

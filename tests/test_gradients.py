@@ -2,7 +2,8 @@
 
 Hypothesis draws the shapes (batch, length, heads, widths), the value scales and the seeds of
 the values; picogpt.gradcheck compares each hand-written backward with central differences in
-float64 and demands a relative error <= 1e-6 (a correct backward lands near 1e-9). The last
+float64 and demands a relative error <= 1e-6 (a correct backward typically lands near 1e-9,
+the worst seen is ~2e-7, from rounding noise in saturated softmaxes). The last
 tests check that gradcheck itself catches wrong backwards, so that a pass here means something.
 """
 
@@ -32,7 +33,7 @@ def normal(xp, seed, shape, scale=1.0, offset=0.0):
 
 
 def assert_ok(result):
-    assert result.ok, "\n" + result.report()
+    assert result.ok and result.max_rel_error <= TOL, "\n" + result.report()
 
 
 # --- one test per backward in layers.py ---------------------------------------------------
@@ -110,7 +111,9 @@ def test_dropout_off_is_identity(xp):
     x = normal(xp, 0, (2, 3))
     for rate, rng in [(0.0, make_rng(xp, 0)), (0.5, None)]:
         out, cache = L.dropout_forward(x, rate, rng)
-        assert cache is None and out is x and L.dropout_backward(x, cache) is x
+        dout = normal(xp, 1, (2, 3))
+        assert cache is None and np.array_equal(asnumpy(out), asnumpy(x))
+        assert np.array_equal(asnumpy(L.dropout_backward(dout, cache)), asnumpy(dout))
 
 
 @given(shape=st.lists(small, min_size=1, max_size=3), seed=seeds)
@@ -142,8 +145,10 @@ def test_attention(xp, B, H, Tq, Tk, D, mask_kind, rate, scale, seed):
     else:
         mask = None
     q, k, v = (normal(xp, seed + i, s, scale) for i, s in enumerate([(B, H, Tq, D), (B, H, Tk, D), (B, H, Tk, D)]))
-    # Dropout on the attention probabilities: a fresh generator from one seed per evaluation.
-    forward = lambda q, k, v: L.attention_forward(q, k, v, mask, rate, make_rng(xp, seed) if rate else None)  # noqa: E731
+
+    def forward(q, k, v):  # dropout on the probabilities: a fresh generator from one seed per call
+        return L.attention_forward(q, k, v, mask, rate, make_rng(xp, seed) if rate else None)
+
     assert_ok(check_op(forward, L.attention_backward, [q, k, v]))
 
 
@@ -354,29 +359,26 @@ def test_gradcheck_catches_gelu_backward_off_by_one_percent():
 
 
 def test_gradcheck_catches_embedding_backward_that_drops_repeated_ids():
-    def naive_backward(dout, cache):
-        ids, shape = cache
-        dW = np.zeros(shape)
-        dW[ids.reshape(-1)] += dout.reshape(-1, shape[1])  # keeps one of each repeated id
+    ids = np.array([[1, 2, 1, 1]])
+
+    def naive_backward(dout, _):
+        dW = np.zeros((4, 3))
+        dW[ids.reshape(-1)] += dout.reshape(-1, 3)  # keeps one of each repeated id
         return dW
 
-    ids = np.array([[1, 2, 1, 1]])
-    result = check_op(lambda W: L.embedding_forward(ids, W), naive_backward, [normal(np, 0, (4, 3))])
+    result = check_op(lambda W: (W[ids], None), naive_backward, [normal(np, 0, (4, 3))])
     assert not result.ok
     assert result.worst.name == "W" and result.worst.index[0] == 1  # the repeated row
 
 
 def test_gradcheck_catches_a_missing_term():
-    """A layer norm backward that forgets the mean's dependence on x."""
-    def wrong(dout, cache):
-        n, rstd, g = cache
-        dn = dout * g
-        dx = rstd * (dn - n * (dn * n).mean(axis=-1, keepdims=True))
-        return dx, (dout * n).sum(axis=0), dout.sum(axis=0)
-
+    """Centring, x - mean(x), with a backward that forgets that the mean depends on x."""
+    center = lambda x: (x - x.mean(axis=-1, keepdims=True), None)  # noqa: E731
+    right = lambda d, _: d - d.mean(axis=-1, keepdims=True)  # noqa: E731
     x = normal(np, 0, (3, 5))
-    result = check_op(L.layernorm_forward, wrong, [x, normal(np, 1, (5,)), normal(np, 2, (5,))])
+    result = check_op(center, lambda d, _: d, [x])
     assert not result.ok and result.failures == ["x"]
+    assert check_op(center, right, [x])
 
 
 def test_gradcheck_refuses_float32_unless_allowed():
@@ -409,9 +411,12 @@ def test_gradcheck_samples_big_inputs_and_leaves_inputs_alone():
 
 
 def test_gradcheck_floor_keeps_tiny_gradients_from_blowing_up():
-    """An exactly-zero gradient whose finite difference is rounding noise is not a failure."""
-    w = np.array([1.0, 1e-30])
-    result = check_gradients(lambda w: np.sin(w[0]) + w[1] ** 2, w, np.array([np.cos(1.0), 0.0]))
+    """A saturated softmax: entries of 1e-14, far below what a finite difference of f ~ 1 can
+    resolve. Their plain relative error is ~1 (the numeric value is rounding noise); the floor
+    judges them on the scale of the rest, so the correct backward passes."""
+    result = check_op(L.softmax_forward, L.softmax_backward, [np.array([[0.0, -30.0, -31.0]])])
+    a, n = result.worst.analytic, result.worst.numeric
+    assert max(abs(a), abs(n)) < 1e-12 and abs(a - n) / max(abs(a), abs(n)) > 0.1
     assert result.ok, result.report()
 
 

@@ -15,6 +15,7 @@ ipykernel those tests are skipped, saying so. The checks on the committed files 
 import importlib.util
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ INDEXES = [NOTEBOOK_DIR / "README.md", ROOT / "README.md"]
 
 CELL_TIMEOUT_S = 300
 MAX_BYTES = 100_000
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _importable(module):
@@ -52,7 +54,7 @@ def _error_report(nb, path):
     for n, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                tb = "\n".join(out.get("traceback", []))
+                tb = ANSI.sub("", "\n".join(out.get("traceback", [])))   # IPython colours its tracebacks
                 return f"{path.name}, cell {n}:\n{cell.source}\n---\n{out['ename']}: {out['evalue']}\n{tb}"
     return None
 

@@ -7,13 +7,19 @@ checker that runs your function on hand-picked edge cases and on inputs drawn by
 compares with the reference at tight tolerance, and, when they differ, says on which input, by
 how much, and what the mistake probably is.
 
+    >>> import numpy as np
     >>> import picogpt.exercises as ex
     >>> ex.names()[:3]
     ['softmax', 'layernorm_forward', 'layernorm_backward']
-    >>> print(ex.statement("softmax"))          # doctest: +SKIP
-    >>> def softmax(x): ...                     # your solution
-    >>> result = ex.check("softmax", softmax)   # doctest: +SKIP  (prints the feedback)
-    >>> bool(result)                            # doctest: +SKIP
+    >>> print(ex.statement("softmax"))                # doctest: +ELLIPSIS
+    ## Exercise `softmax`
+    ...
+    >>> def softmax(x):                               # a student's answer
+    ...     e = np.exp(x - x.max(axis=-1, keepdims=True))
+    ...     return e / e.sum(axis=-1, keepdims=True)
+    >>> result = ex.check("softmax", softmax)         # prints the feedback   # doctest: +ELLIPSIS
+    softmax: passed all ... inputs (7 hand-picked edge cases + ... drawn by hypothesis), ...
+    >>> bool(result)
     True
 
 From a shell: `python -m picogpt.exercises list | show NAME | stub NAME | check NAME FILE.py |
