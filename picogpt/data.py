@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import PicoGPTError
+from .cli import run_command
 from .files import atomic_open, write_json
 
 
@@ -100,15 +101,13 @@ def main(argv=None):
     p.add_argument("text", help="a UTF-8 text file")
     p.add_argument("--out", default=None, help="output folder (default: data/<file name without suffix>)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="the last fraction kept for validation (default 0.05)")
-    args = p.parse_args(argv)
+    return run_command(_prepare_command, p.parse_args(argv))
+
+
+def _prepare_command(args):
     out = args.out or str(Path("data") / Path(args.text).stem)
-    try:
-        meta = prepare(args.text, out, args.val_fraction)
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = prepare(args.text, out, args.val_fraction)
     print(f"{meta['tokens']:,} tokens -> {out}/train.bin ({meta['train_tokens']:,}) and val.bin ({meta['val_tokens']:,})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 import requests
 
 from .backend import PicoGPTError
+from .cli import run_command
 from .config import ALIASES, HUB_MODELS, canonical_name
 from .files import atomic_open
 
@@ -334,20 +335,16 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        names = [hub_name(n) for n in args.names]  # every name checked before any download
-        for name in names:
-            folder = download(name, args.dir, args.base_url, progress=not args.quiet, force=args.force)
-            if not args.quiet:
-                print(f"{name}: {folder}", file=sys.stderr)
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume the download.", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(_download_command, build_parser().parse_args(argv),
+                       interrupted="interrupted: run the same command again to resume the download.")
+
+
+def _download_command(args):
+    names = [hub_name(n) for n in args.names]  # every name checked before any download
+    for name in names:
+        folder = download(name, args.dir, args.base_url, progress=not args.quiet, force=args.force)
+        if not args.quiet:
+            print(f"{name}: {folder}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from .backend import PicoGPTError
+from .cli import run_command
 from .layers import cross_entropy_forward
 from .model import forward
 
@@ -77,36 +78,34 @@ def main(argv=None):
     p.add_argument("--stride", type=int, default=None, help="window step (default: half the context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default=None, choices=["cpu", "gpu"], help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
-    args = p.parse_args(argv)
-    try:
-        from .data import split, tokenize_file
-        from .weights import load_model
+    return run_command(_eval_command, p.parse_args(argv))
 
-        model = load_model(args.model, device=args.device)
-        ids = tokenize_file(args.text)
-        what = f"{args.text}: all {len(ids):,} tokens"
-        if args.tail is not None:
-            ids = split(ids, args.tail)[1]
-            what = f"{args.text}: the last {args.tail:g} = {len(ids):,} tokens"
-        if args.context is not None and args.context < 2:
-            raise PicoGPTError(f"--context must be >= 2, got {args.context}.")
-        if args.batch_size < 1:
-            raise PicoGPTError(f"--batch-size must be >= 1, got {args.batch_size}.")
-        t0 = time.perf_counter()
 
-        def progress(done, total):
-            print(f"\r  window batch {done}/{total}", end="", file=sys.stderr, flush=True)
+def _eval_command(args):
+    from .data import split, tokenize_file
+    from .weights import load_model
 
-        loss, n = evaluate_ids(model, ids, args.context, args.stride, args.batch_size, progress)
-        print(file=sys.stderr)
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.context is not None and args.context < 2:
+        raise PicoGPTError(f"--context must be >= 2, got {args.context}.")
+    if args.batch_size < 1:
+        raise PicoGPTError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    model = load_model(args.model, device=args.device)
+    ids = tokenize_file(args.text)
+    what = f"{args.text}: all {len(ids):,} tokens"
+    if args.tail is not None:
+        ids = split(ids, args.tail)[1]
+        what = f"{args.text}: the last {args.tail:g} = {len(ids):,} tokens"
     context = min(args.context or model.config.n_ctx, model.config.n_ctx)
-    stride = args.stride or max(1, context // 2)
+    stride = args.stride if args.stride is not None else max(1, context // 2)
+
+    def progress(done, total):
+        print(f"\r  window batch {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    loss, n = evaluate_ids(model, ids, context, stride, args.batch_size, progress)
+    print(file=sys.stderr)
     print(f"{what}\nmodel: {args.model or 'bundled'}; context {context}, stride {stride}; {n:,} tokens scored "
           f"in {time.perf_counter() - t0:.1f} s\nloss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f}")
-    return 0
 
 
 if __name__ == "__main__":

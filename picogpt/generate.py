@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .backend import PicoGPTError, asnumpy
+from .cli import run_command
 from .model import forward
 from .sampling import check_sampling_args, sample
 
@@ -155,16 +156,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    return 0
+    return run_command(run, build_parser().parse_args(argv))
 
 
 def run(args):

@@ -29,6 +29,7 @@ from . import data as D
 from . import lora as lora_mod
 from . import safetensors
 from .backend import PicoGPTError, asnumpy, make_rng, resolve_device, set_tf32, synchronize
+from .cli import run_command
 from .config import get_config
 from .files import write_json
 from .optim import AdamW, clip_grad_norm, lr_at
@@ -379,21 +380,16 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = TrainConfig(**vars(args))
-        trainer = Trainer(cfg)
-        last = trainer.run()
-        if last:
-            print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}; "
-                  f"model in {cfg.out}/ (python -m picogpt.generate \"...\" --model {cfg.out})")
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command with --resume to continue from the last checkpoint.", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(_train_command, build_parser().parse_args(argv),
+                       interrupted="interrupted: rerun the same command with --resume to continue from the last checkpoint.")
+
+
+def _train_command(args):
+    cfg = TrainConfig(**vars(args))
+    last = Trainer(cfg).run()
+    if last:
+        print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}; "
+              f"model in {cfg.out}/ (python -m picogpt.generate \"...\" --model {cfg.out})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ make-student TEACHER.ipynb STUDENT.ipynb | teacher DST.ipynb` (see `--help`).
 
 For teachers: `teacher.ipynb`, next to this file, has one section per exercise with the solution
 between nbgrader's `### BEGIN SOLUTION` / `### END SOLUTION` markers; `make_student` turns it
-(or any notebook using those markers) into the students' version. See TEACHERS.md.
+(or any notebook using those markers) into the students' version. See "For teachers" in the README.
 """
 
 from importlib import resources
