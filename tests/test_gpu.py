@@ -1,0 +1,120 @@
+"""The GPU path (CuPy) against the same references as the CPU: training, LoRA, sampling, float16.
+
+Every test here is marked `gpu` and skipped where CuPy sees no CUDA device (see conftest.py).
+The forward, generation and gradient tests of test_reference.py and test_gradients.py run on the
+GPU too, through their device / xp parameters.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import picogpt
+from picogpt.lora import merge_lora
+from picogpt.optim import AdamW, clip_grad_norm, lr_at
+
+pytestmark = pytest.mark.gpu
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return dict(np.load(FIXTURES / "reference.npz"))
+
+
+def rel_err(a, b):
+    return float(np.abs(picogpt.asnumpy(a) - b).max() / np.abs(b).max())
+
+
+def test_loss_and_every_gradient_match_torch_on_the_gpu(ref):
+    model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
+    loss, grads = model.loss_and_grads(ref["loss_ids"], ref["loss_targets"])
+    assert abs(loss - float(ref["loss"])) <= 1e-4
+    for name, g in grads.items():
+        assert rel_err(g, ref["grad:" + name]) <= 1e-4, name
+
+
+def test_ten_adamw_steps_follow_torch_on_the_gpu(ref):
+    cfg = json.loads(str(ref["adam_config"]))
+    model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
+    opt = AdamW(model.params, weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
+    losses = []
+    for step in range(cfg["total_steps"]):
+        loss, grads = model.loss_and_grads(ref["adam_x"][step], ref["adam_y"][step])
+        clip_grad_norm(grads, cfg["grad_clip"])
+        opt.step(model.params, grads, lr_at(step, cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["total_steps"]))
+        losses.append(loss)
+    assert np.abs(np.array(losses) - ref["adam_losses"]).max() <= 1e-4
+
+
+def _text(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40)
+    return path
+
+
+def _trainer(tmp_path, device, **kw):
+    from picogpt.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=str(_text(tmp_path)), out=str(tmp_path / f"out-{device}"), model="gpt2-micro",
+                      n_embd=32, n_head=2, block_size=16, batch_size=4, steps=6, warmup_steps=2,
+                      eval_interval=3, eval_batches=2, log_interval=3, device=device, seed=3, **kw)
+    return Trainer(cfg, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_trainer_runs_on_the_gpu_and_agrees_with_the_cpu(tmp_path, dropout):
+    cpu, gpu = _trainer(tmp_path, "cpu", dropout=dropout), _trainer(tmp_path, "gpu", dropout=dropout)
+    cpu_losses = [cpu.step()["loss"] for _ in range(3)]
+    gpu_losses = [gpu.step()["loss"] for _ in range(3)]
+    assert all(np.isfinite(gpu_losses))
+    if dropout == 0.0:  # with dropout the two devices draw different masks
+        np.testing.assert_allclose(gpu_losses, cpu_losses, atol=1e-4)
+    last = gpu.run()
+    assert np.isfinite(last["val_loss"])
+    assert picogpt.load_model(tmp_path / "out-gpu").config.n_embd == 32
+
+
+def test_lora_on_the_gpu_changes_only_the_adapters(tmp_path):
+    trainer = _trainer(tmp_path, "gpu", lora_rank=4)
+    before = {k: picogpt.asnumpy(a).copy() for k, a in trainer.model.params.items()}
+    for _ in range(3):
+        trainer.step()
+    for k, a in trainer.model.params.items():
+        changed = not np.array_equal(picogpt.asnumpy(a), before[k])
+        assert changed == k.endswith((".lora_A", ".lora_B")), k
+    merged = merge_lora(trainer.model)
+    ids = np.arange(12)[None] % 50
+    assert rel_err(merged.forward(ids), picogpt.asnumpy(trainer.model.forward(ids))) <= 1e-5
+
+
+def test_a_seed_samples_the_same_tokens_on_cpu_and_gpu():
+    cpu = picogpt.load_model(FIXTURES / "tiny-gpt2")
+    gpu = cpu.to("gpu")
+    prompt = [[1, 2, 3, 4]]
+    kw = dict(max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.95, seed=123)
+    assert gpu.generate(prompt, **kw).tolist() == cpu.generate(prompt, **kw).tolist()
+
+
+def test_float16_inference_on_the_gpu_is_close_to_float32(ref):
+    m32 = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
+    m16 = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu", dtype="float16")
+    assert m16.dtype == np.float16
+    diff = np.abs(picogpt.asnumpy(m16.forward(ref["ids"])).astype(np.float32) - ref["logits"]).max()
+    assert diff < 0.05
+    out = m16.generate(ref["greedy_prompt"], max_new_tokens=8)
+    assert out.shape == (2, 16)
+
+
+def test_tf32_training_step_runs():
+    from picogpt.backend import set_tf32
+
+    set_tf32(True)
+    try:
+        model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
+        loss, grads = model.loss_and_grads(np.arange(16)[None], np.arange(1, 17)[None])
+        assert np.isfinite(loss) and set(grads) == set(model.params)
+    finally:
+        set_tf32(False)
