@@ -31,36 +31,8 @@ def machine():
     return line
 
 
-def time_it(fn, xp, repeats=3, warmup=1):
-    """Best wall time of `repeats` calls (after `warmup` calls), GPU work included."""
-    for _ in range(warmup):
-        fn()
-    synchronize(xp)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        synchronize(xp)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def torch_or_none():
-    """(torch, transformers) when both import, else None: the peer is optional."""
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        return None
-    transformers.logging.set_verbosity_error()
-    return torch, transformers
-
-
-def torch_time_it(fn, torch, device, repeats=3, warmup=1):
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+def time_it(fn, sync, repeats=3, warmup=1):
+    """Best wall time of `repeats` calls (after `warmup` calls); sync() waits for queued GPU work."""
     for _ in range(warmup):
         fn()
     sync()
@@ -71,6 +43,32 @@ def torch_time_it(fn, torch, device, repeats=3, warmup=1):
         sync()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def xp_sync(xp):
+    return lambda: synchronize(xp)
+
+
+def hf_peer(config, device):
+    """(torch, transformers, torch device, a transformers GPT2Config like `config`), or None when
+    torch / transformers are not installed or the device is missing: the peer is optional."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    transformers.logging.set_verbosity_error()
+    tdev = "cuda" if device == "gpu" else "cpu"
+    if tdev == "cuda" and not torch.cuda.is_available():
+        return None
+    hf = transformers.GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                 n_positions=config.n_ctx, vocab_size=config.vocab_size,
+                                 attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
+    return torch, transformers, tdev, hf
+
+
+def torch_sync(torch, tdev):
+    return (lambda: torch.cuda.synchronize()) if tdev == "cuda" else (lambda: None)
 
 
 def report(title, rows, json_path=None):

@@ -14,7 +14,7 @@ Targets (from the issue): CPU batch 1 >= 1.5x transformers; GPU batch 1 >= 3x tr
 import argparse
 
 import numpy as np
-from common import gpu_available, report, time_it, torch_or_none, torch_time_it
+from common import gpu_available, hf_peer, report, time_it, torch_sync, xp_sync
 
 from picogpt.backend import set_tf32, xp_for
 from picogpt.config import get_config
@@ -27,19 +27,14 @@ def picogpt_tokens_per_s(config, device, batch, prompt_len, new, repeats, dtype)
     model = GPT2(config, init_params(config, xp, np.dtype(dtype), seed=0), device=device)
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, (batch, prompt_len))
     run = lambda: generate(model, prompt, new, temperature=0.0, stop_at_eot=False)  # noqa: E731
-    return batch * new / time_it(run, xp, repeats)
+    return batch * new / time_it(run, xp_sync(xp), repeats)
 
 
 def transformers_tokens_per_s(config, device, batch, prompt_len, new, repeats, dtype):
-    peer = torch_or_none()
+    peer = hf_peer(config, device)
     if peer is None:
         return None
-    torch, transformers = peer
-    tdev = "cuda" if device == "gpu" else "cpu"
-    if tdev == "cuda" and not torch.cuda.is_available():
-        return None
-    hf_config = transformers.GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                                        n_positions=config.n_ctx, vocab_size=config.vocab_size)
+    torch, transformers, tdev, hf_config = peer
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(hf_config).to(tdev, getattr(torch, dtype)).eval()
     prompt = torch.tensor(np.random.default_rng(0).integers(0, config.vocab_size, (batch, prompt_len)), device=tdev)
@@ -50,7 +45,7 @@ def transformers_tokens_per_s(config, device, batch, prompt_len, new, repeats, d
             model.generate(prompt, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
 
-    return batch * new / torch_time_it(run, torch, tdev, repeats)
+    return batch * new / time_it(run, torch_sync(torch, tdev), repeats)
 
 
 def main():

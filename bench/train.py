@@ -15,7 +15,7 @@ float32 and 96k TF32 for transformers eager).
 import argparse
 
 import numpy as np
-from common import report, time_it, torch_or_none, torch_time_it
+from common import hf_peer, report, time_it, torch_sync, xp_sync
 
 from picogpt.backend import set_tf32, xp_for
 from picogpt.config import get_config
@@ -36,22 +36,16 @@ def picogpt_tokens_per_s(config, device, batch, block, repeats):
         clip_grad_norm(grads, 1.0)
         opt.step(model.params, grads, 1e-4)
 
-    return batch * block / time_it(step, xp, repeats)
+    return batch * block / time_it(step, xp_sync(xp), repeats)
 
 
 def torch_tokens_per_s(config, device, batch, block, repeats, tf32):
-    peer = torch_or_none()
+    peer = hf_peer(config, device)
     if peer is None:
         return None
-    torch, transformers = peer
-    tdev = "cuda" if device == "gpu" else "cpu"
-    if tdev == "cuda" and not torch.cuda.is_available():
-        return None
+    torch, transformers, tdev, hf = peer
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    hf = transformers.GPT2Config(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                                 n_positions=config.n_ctx, vocab_size=config.vocab_size,
-                                 attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(hf).to(tdev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -67,7 +61,7 @@ def torch_tokens_per_s(config, device, batch, block, repeats, tf32):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return batch * block / torch_time_it(step, torch, tdev, repeats)
+    return batch * block / time_it(step, torch_sync(torch, tdev), repeats)
 
 
 def main():

@@ -21,6 +21,11 @@ class GPT2Config:
     dropout: float = 0.0       # one rate for embeddings, attention probabilities and residuals
 
     def __post_init__(self):
+        # Plain Python numbers: a NumPy float64 scalar here would upcast float32 maths to float64.
+        for name in ("layer_norm_epsilon", "dropout"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
             if int(getattr(self, name)) < 1:
                 raise PicoGPTError(f"config {name} must be a positive integer, got {getattr(self, name)}.")
@@ -99,6 +104,12 @@ ALIASES = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M":
 
 # The sizes that exist as real checkpoints on the Hugging Face Hub.
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def hub_model_names():
+    """'gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, 774M, 1558M)', for messages."""
+    aliases = ", ".join(k for k, v in ALIASES.items() if v in HUB_MODELS)
+    return f"{', '.join(HUB_MODELS)} (or {aliases})"
 
 
 def canonical_name(name):

@@ -29,6 +29,8 @@ def tokenize_file(path):
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PicoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    except OSError as e:
+        raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
     if not text.strip():
         raise PicoGPTError(f"{path} is empty: there is nothing to train on.")
     return np.array(get_tokenizer().encode(text), dtype=np.uint16)

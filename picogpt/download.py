@@ -35,8 +35,8 @@ from pathlib import Path
 import requests
 
 from .backend import PicoGPTError
-from .cli import run_command
-from .config import ALIASES, HUB_MODELS, canonical_name
+from .cli import clock, run_command
+from .config import HUB_MODELS, canonical_name, hub_model_names
 from .files import atomic_open
 
 DEFAULT_BASE_URL = "https://huggingface.co"
@@ -58,16 +58,11 @@ KNOWN_CHECKPOINTS = {
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def valid_names():
-    aliases = ", ".join(k for k, v in ALIASES.items() if v in HUB_MODELS)
-    return f"{', '.join(HUB_MODELS)} (or {aliases})"
-
-
 def hub_name(name):
     """'124M' -> 'gpt2'; a name without released weights -> PicoGPTError."""
     canon = canonical_name(str(name))
     if canon not in HUB_MODELS:
-        raise PicoGPTError(f"unknown model {name!r}: the downloadable GPT-2 checkpoints are {valid_names()}.")
+        raise PicoGPTError(f"unknown model {name!r}: the downloadable GPT-2 checkpoints are {hub_model_names()}.")
     return canon
 
 
@@ -202,7 +197,15 @@ def _fetch_weights(session, name, base_url, folder, progress, force):
             headers["Range"] = f"bytes={have}-"
         r = _get(session, url, name, headers)
         if r.status_code == 416:
+            # "Range not satisfiable": the part is already whole (a run stopped between the last
+            # byte and the rename) or longer than the file. Keep a whole one, restart otherwise.
             r.close()
+            total = _range_total(r) or known_size
+            if total is not None and have == total:
+                sha = known_sha or _linked_headers(r)[0]
+                _verify(part, _hash_file(part), sha, total, total, name, url)
+                os.replace(part, final)
+                return
             part.unlink(missing_ok=True)
             continue
         with r:
@@ -221,13 +224,24 @@ def _fetch_weights(session, name, base_url, folder, progress, force):
     raise PicoGPTError(f"{url} refused to resume twice: delete {part} and try again.")
 
 
+def _range_total(r):
+    """The file size from a 416's `Content-Range: bytes */SIZE`, or None."""
+    m = re.fullmatch(r"bytes \*/(\d+)", r.headers.get("Content-Range", "").strip())
+    return int(m.group(1)) if m else None
+
+
+def _hash_file(path):
+    """A sha256 object fed with the bytes already in `path`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest
+
+
 def _stream_to_part(r, part, have, total, url, progress, label):
     """Append (or write, when have == 0) the body of `r` to `part`; return the running sha256."""
-    digest = hashlib.sha256()
-    if have:
-        with open(part, "rb") as f:  # the bytes we already have count towards the checksum
-            for block in iter(lambda: f.read(CHUNK), b""):
-                digest.update(block)
+    digest = _hash_file(part) if have else hashlib.sha256()  # bytes we have count towards the checksum
     bar = Progress(label, total, have, enabled=progress)
     try:
         with open(part, "ab" if have else "wb") as f:
@@ -294,17 +308,11 @@ class Progress:
         line = f"{self.label}  {self.done / 1e6:.1f}"
         if self.total:
             eta = (self.total - self.done) / speed if speed > 0 else 0
-            line += f"/{self.total / 1e6:.1f} MB  {100 * self.done / self.total:5.1f}%  {speed / 1e6:.1f} MB/s  ETA {_clock(eta)}"
+            line += f"/{self.total / 1e6:.1f} MB  {100 * self.done / self.total:5.1f}%  {speed / 1e6:.1f} MB/s  ETA {clock(eta)}"
         else:
             line += f" MB  {speed / 1e6:.1f} MB/s"
         sys.stderr.write("\r" + line.ljust(78))
         sys.stderr.flush()
-
-
-def _clock(seconds):
-    seconds = int(max(seconds, 0))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -324,7 +332,7 @@ def build_parser():
                "  python -m picogpt.download gpt2 --base-url https://hf-mirror.com\n"
                "  PICOGPT_HUB_URL=https://hf-mirror.com python -m picogpt.download gpt2-xl --quiet",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="+", metavar="NAME", help=f"model to download: {valid_names()}")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"model to download: {hub_model_names()}")
     p.add_argument("--dir", default=None, metavar="DIR",
                    help="where model folders go (default: $PICOGPT_WEIGHTS, else ./weights)")
     p.add_argument("--base-url", default=None, metavar="URL",

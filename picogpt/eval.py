@@ -17,8 +17,6 @@ import numpy as np
 
 from .backend import PicoGPTError
 from .cli import run_command
-from .layers import cross_entropy_forward
-from .model import forward
 
 
 def windows(n_tokens, context, stride):
@@ -35,14 +33,15 @@ def windows(n_tokens, context, stride):
 
 
 def evaluate_ids(model, ids, context=None, stride=None, batch_size=8, progress=None):
-    """Mean loss per token (nats) of `ids` (1-D int) under `model`, and how many were scored."""
+    """Mean loss per token (nats) of `ids` (1-D int) under `model`; returns
+    (loss, tokens scored, context, stride), the last two with their defaults filled in."""
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         raise PicoGPTError("the text has fewer than 2 tokens: nothing to score.")
     context = min(context or model.config.n_ctx, model.config.n_ctx)
     stride = stride if stride is not None else max(1, context // 2)  # 0 is an error, not "default"
     wins = windows(len(ids), context, stride)
-    total, count, xp = 0.0, 0, model.xp
+    total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
         group = wins[i:i + batch_size]
         T = max(end - begin - 1 for begin, end, _ in group)
@@ -52,15 +51,12 @@ def evaluate_ids(model, ids, context=None, stride=None, batch_size=8, progress=N
             n = end - begin - 1
             x[r, :n] = ids[begin:end - 1]
             y[r, first - begin - 1:n] = ids[first:end]
-        logits, _ = forward(model.params, model.config, xp.asarray(x), lora_scale=model.lora_scale)
-        B, T, V = logits.shape
-        loss, _ = cross_entropy_forward(logits.reshape(B * T, V), xp.asarray(y).reshape(-1))
         n = int((y != -100).sum())
-        total += float(loss) * n
+        total += model.loss(x, y) * n      # checks the ids, scores only the targets' rows
         count += n
         if progress:
             progress(min(i + batch_size, len(wins)), len(wins))
-    return total / count, count
+    return total / count, count, context, stride
 
 
 def main(argv=None):
@@ -95,14 +91,11 @@ def _eval_command(args):
     if args.tail is not None:
         ids = split(ids, args.tail)[1]
         what = f"{args.text}: the last {args.tail:g} = {len(ids):,} tokens"
-    context = min(args.context or model.config.n_ctx, model.config.n_ctx)
-    stride = args.stride if args.stride is not None else max(1, context // 2)
-
     def progress(done, total):
         print(f"\r  window batch {done}/{total}", end="", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    loss, n = evaluate_ids(model, ids, context, stride, args.batch_size, progress)
+    loss, n, context, stride = evaluate_ids(model, ids, args.context, args.stride, args.batch_size, progress)
     print(file=sys.stderr)
     print(f"{what}\nmodel: {args.model or 'bundled'}; context {context}, stride {stride}; {n:,} tokens scored "
           f"in {time.perf_counter() - t0:.1f} s\nloss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f}")

@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+from .backend import PicoGPTError
+
 
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
@@ -16,11 +18,13 @@ def atomic_open(path, mode="wb"):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only folder, a folder where the file should be...
+        raise PicoGPTError(f"cannot write {path} ({e.strerror or e}): free some space or choose another folder.") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -69,7 +69,8 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     on_token(step, tokens) is called with each new (B,) NumPy array of ids, for streaming.
 
     Returns NumPy ids shaped like the input: (T + n,), (B, T + n), or a list of lists (each
-    row its own prompt plus its new tokens, up to and including the end-of-text token).
+    row its own prompt plus its new tokens, up to and including the end-of-text token). With
+    overflow="truncate" the prompts in the result are the truncated ones.
     """
     check_sampling_args(temperature, top_k, top_p)
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
@@ -80,7 +81,7 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     config = model.config
     prompts = fit_context(prompts, max_new_tokens, config.n_ctx, overflow)
     for p in prompts:
-        model._ids(p)  # range-check the ids with a clear message
+        model.check_ids(p)  # one clear sentence for an id outside the vocabulary
     if eot_token is None or eot_token >= config.vocab_size:
         stop_at_eot = False
 
@@ -90,26 +91,36 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     batch = np.zeros((B, P), dtype=np.int64)   # id 0 in the padding; the mask hides it
     for b, p in enumerate(prompts):
         batch[b, pad[b]:] = p
-    new = np.zeros((B, max_new_tokens), dtype=np.int64)
+    # Each token comes back to the host as it is made only when something there must look at
+    # it (the end-of-text check, streaming); otherwise the GPU runs ahead without waiting.
+    to_host = stop_at_eot or on_token is not None
+    xp, steps = model.xp, 0
+    new = xp.zeros((B, max_new_tokens), dtype=np.int64)
     done = np.zeros(B, dtype=bool)
     rng = np.random.default_rng(seed)
-    xp, steps = model.xp, 0
     if max_new_tokens:
         kv = model.new_cache(B, P + max_new_tokens, pad=pad if pad.any() else None)
-        logits, _ = forward(model.params, config, xp.asarray(batch), kv=kv, lora_scale=model.lora_scale, last_only=True)
+
+        def next_logits(ids):  # (B, T) on the device -> (B, V) for the last position
+            return forward(model.params, config, ids, kv=kv, lora_scale=model.lora_scale,
+                           last_only=True, keep_caches=False)[0]
+
+        logits = next_logits(xp.asarray(batch))           # prefill: the whole prompt at once
         for steps in range(1, max_new_tokens + 1):
-            tok = asnumpy(sample(logits, temperature, top_k, top_p, rng)).astype(np.int64)
-            if stop_at_eot:
-                tok = np.where(done, eot_token, tok)
-                done |= tok == eot_token
+            tok = sample(logits, temperature, top_k, top_p, rng).astype(np.int64)   # (B,)
+            if to_host:
+                host = asnumpy(tok)
+                if stop_at_eot:
+                    host = np.where(done, eot_token, host)
+                    done |= host == eot_token
+                if on_token is not None:
+                    on_token(steps - 1, host)
+                tok = xp.asarray(host)
             new[:, steps - 1] = tok
-            if on_token is not None:
-                on_token(steps - 1, tok)
             if steps == max_new_tokens or done.all():
                 break
-            logits, _ = forward(model.params, config, xp.asarray(tok[:, None]), kv=kv,
-                                lora_scale=model.lora_scale, last_only=True)
-    new = new[:, :steps]
+            logits = next_logits(tok[:, None])              # one new position per step
+    new = asnumpy(new[:, :steps])
     if kind == "ragged":
         out = []
         for p, row in zip(prompts, new.tolist()):
@@ -175,10 +186,10 @@ def run(args):
     check_sampling_args(args.temperature, top_k, args.top_p)
     tok = get_tokenizer()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    prompt_ids = tok.encode(args.prompt)
-    prompt_ids = fit_context([prompt_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]
-    model._ids(prompt_ids)  # range-check the ids before anything is printed
-    prompt = args.prompt if len(prompt_ids) == len(tok.encode(args.prompt)) else tok.decode(prompt_ids)
+    all_ids = tok.encode(args.prompt)
+    prompt_ids = fit_context([all_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]
+    model.check_ids(prompt_ids)  # before anything is printed
+    prompt = args.prompt if len(prompt_ids) == len(all_ids) else tok.decode(prompt_ids)  # truncated?
 
     out = sys.stdout
     stream = args.num_samples == 1
@@ -196,7 +207,7 @@ def run(args):
     result = generate(model, [prompt_ids] * args.num_samples, args.max_new_tokens, args.temperature, top_k,
                       args.top_p, args.seed, overflow=args.overflow, on_token=on_token if stream else None)
     seconds = time.perf_counter() - t0
-    n_new = sum(len(r) - len(prompt_ids) for r in result) if isinstance(result, list) else result[:, len(prompt_ids):].size
+    n_new = result[:, len(prompt_ids):].size   # equal-length prompts: a (num_samples, T + new) array
     if stream:
         out.write(decoders([]) + "\n")
     else:

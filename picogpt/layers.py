@@ -16,7 +16,7 @@ import numpy as np
 from .backend import get_array_module, scatter_add
 
 
-def _float32_if_half(x):
+def float32_if_half(x):
     """Statistics (means, variances, exponentials) of float16 data are taken in float32."""
     return x.astype(np.float32) if x.dtype == np.float16 else x
 
@@ -49,7 +49,7 @@ def layernorm_forward(x, g, b, eps=1e-5):
     x (..., C), g (C,), b (C,) -> out (..., C). Variance is the biased one (divide by C),
     eps sits inside the square root, as in GPT-2.
     """
-    xs = _float32_if_half(x)
+    xs = float32_if_half(x)
     mean = xs.mean(axis=-1, keepdims=True)
     xc = xs - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)
@@ -61,15 +61,16 @@ def layernorm_forward(x, g, b, eps=1e-5):
 def layernorm_backward(dout, cache):
     """dout (..., C) -> dx (..., C), dg (C,), db (C,).
 
-    With n = (x - mean) * rstd and dn = dout * g, differentiating through mean and rstd gives
+    out = n * g + b with n = (x - mean) * rstd, so dg = sum of dout * n and db = sum of dout
+    over every row; and with dn = dout * g, differentiating n through mean and rstd gives
         dx = rstd * (dn - mean(dn) - n * mean(dn * n))      (means over the C axis)
     """
     n, rstd, g = cache
     axes = tuple(range(dout.ndim - 1))
     dg = (dout * n).sum(axis=axes)
     db = dout.sum(axis=axes)
-    dn = _float32_if_half(dout * g)
-    nf = _float32_if_half(n)
+    dn = float32_if_half(dout * g)
+    nf = float32_if_half(n)
     dx = rstd * (dn - dn.mean(axis=-1, keepdims=True) - nf * (dn * nf).mean(axis=-1, keepdims=True))
     return dx.astype(dout.dtype, copy=False), dg, db
 
@@ -137,7 +138,7 @@ def softmax_forward(x):
     Entries that are -inf (masked) become exactly 0.
     """
     xp = get_array_module(x)
-    xs = _float32_if_half(x)
+    xs = float32_if_half(x)
     e = xs - xs.max(axis=-1, keepdims=True)
     xp.exp(e, out=e)                       # in place: one (..., K) buffer, not three
     e /= e.sum(axis=-1, keepdims=True)
@@ -235,6 +236,7 @@ def attention_backward(dout, cache):
     out = P v           =>  dP = dout v^T,  dv = P^T dout
     S = q k^T * scale   =>  dq = dS k * scale,  dk = dS^T q * scale
     and dS comes from dP through the softmax backward (masked entries have P = 0, so dS = 0).
+    Below, `ds` already includes the factor `scale`.
     """
     q, k, v, p_cache, pd, d_cache, scale = cache
     dv = pd.swapaxes(-1, -2) @ dout
@@ -254,11 +256,12 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     logits (N, V), targets int (N,) -> loss (0-d array). Rows whose target is `ignore_index`
     count for nothing (neither in the sum nor in the mean). With z = logits - row max (so exp
     cannot overflow): -log p[target] = log(sum(exp(z))) - z[target]. The cache keeps the
-    probabilities, computed in place in one (N, V) buffer: at GPT-2's vocabulary that buffer
-    is the largest array of a training step.
+    probabilities, computed in place in one (N, V) buffer. This is the plain pair, for reading
+    and for logits that exist anyway; training uses lm_head_cross_entropy (below), the same
+    maths in chunks, because at GPT-2's vocabulary (N, V) is the largest array of a step.
     """
     xp = get_array_module(logits)
-    z = _float32_if_half(logits)
+    z = float32_if_half(logits)
     z = z - z.max(axis=-1, keepdims=True)              # a new (N, V) array, reused below
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
@@ -288,10 +291,12 @@ def cross_entropy_backward(dloss, cache):
 
 # --- the LM head and the loss together, a chunk of rows at a time -------------------------
 
-def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None):
+def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None, need_dx=True, need_dW=True):
     """logits = x @ W^T, loss = cross_entropy(logits, targets), and the backward of both, in one pass.
 
     x (N, C), W (V, C) (the tied `wte`), targets int (N,) -> (loss 0-d, dx (N, C), dW (V, C)).
+    need_dx / need_dW = False skip that gradient (None is returned): a frozen wte (LoRA) needs
+    no dW, and evaluation needs neither.
 
     The same maths as linear_forward -> cross_entropy_forward -> cross_entropy_backward ->
     linear_backward (a test checks it), reorganised for memory: the logits (N, V) are by far
@@ -303,13 +308,14 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None):
     """
     xp = get_array_module(x)
     out_dtype = x.dtype
-    x, W = _float32_if_half(x), _float32_if_half(W)   # float16 models: the loss in float32
+    x, W = float32_if_half(x), float32_if_half(W)   # float16 models: the loss in float32
     N, V = x.shape[0], W.shape[0]
-    chunk_rows = min(chunk_rows or max(1, (1 << 25) // V), N)   # default ~128 MB of logits
+    chunk_rows = max(1, min(chunk_rows or (1 << 25) // V, N))   # default ~128 MB of logits
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
     w = (valid / xp.maximum(valid.sum(), 1)).astype(x.dtype)    # (N,) each row's weight in the mean
-    dx, dW, dW_part = xp.empty_like(x), xp.zeros_like(W), xp.empty_like(W)
+    dx = xp.empty_like(x) if need_dx else None
+    dW, dW_part = (xp.zeros_like(W), xp.empty_like(W)) if need_dW else (None, None)
     buf = xp.empty((chunk_rows, V), dtype=x.dtype)
     loss = xp.zeros((), dtype=x.dtype)
     for start in range(0, N, chunk_rows):
@@ -321,11 +327,16 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None):
         z_target = z[rows, tgt]
         xp.exp(z, out=z)
         total = z.sum(axis=-1)
-        z /= total[:, None]                                           # probabilities
         loss += ((xp.log(total) - z_target) * wc).sum()
+        if not (need_dx or need_dW):
+            continue
+        z /= total[:, None]                                           # probabilities
         z[rows, tgt] -= 1.0
         z *= wc[:, None]                                              # dlogits
-        xp.matmul(z, W, out=dx[start:stop])
-        xp.matmul(z.T, xc, out=dW_part)
-        dW += dW_part
-    return loss, dx.astype(out_dtype, copy=False), dW.astype(out_dtype, copy=False)
+        if need_dx:
+            xp.matmul(z, W, out=dx[start:stop])
+        if need_dW:
+            xp.matmul(z.T, xc, out=dW_part)
+            dW += dW_part
+    cast = lambda a: None if a is None else a.astype(out_dtype, copy=False)  # noqa: E731
+    return loss, cast(dx), cast(dW)

@@ -50,8 +50,9 @@ def add_lora(model, rank=8, alpha=None, targets=DEFAULT_TARGETS, seed=0):
             model.params[name + ".lora_A"] = xp.asarray(rng.normal(0.0, n_in ** -0.5, (n_in, rank)).astype(dtype))
             model.params[name + ".lora_B"] = xp.zeros((rank, n_out), dtype=dtype)
             names += [name + ".lora_A", name + ".lora_B"]
-    model.lora_scale = (alpha if alpha is not None else rank) / rank
-    model.lora = {"rank": int(rank), "alpha": float(alpha if alpha is not None else rank), "targets": list(targets)}
+    alpha = float(alpha if alpha is not None else rank)
+    model.lora_scale = alpha / int(rank)   # a Python float: a NumPy scalar would upcast the forward
+    model.lora = {"rank": int(rank), "alpha": alpha, "targets": list(targets)}
     return names
 
 
@@ -71,7 +72,7 @@ def save_adapters(model, path):
     names = lora_names(model.params)
     if not names:
         raise PicoGPTError("this model has no LoRA adapters to save.")
-    meta = {"lora": json.dumps(getattr(model, "lora", {"rank": int(model.params[names[0]].shape[1])})),
+    meta = {"lora": json.dumps(model.lora or {"rank": int(model.params[names[0]].shape[1])}),
             "lora_scale": repr(model.lora_scale), "n_layer": str(model.config.n_layer), "n_embd": str(model.config.n_embd)}
     safetensors.save({k: asnumpy(model.params[k]) for k in names}, Path(path), metadata=meta)
     return Path(path)

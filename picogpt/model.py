@@ -72,7 +72,10 @@ def positions_and_mask(xp, t, start=0, pad=None):
 
 
 def _linear(params, name, x, lora_scale):
-    """x @ W + b for the projection `name`, plus its LoRA adapter (x A) B * scale if it has one."""
+    """x @ W + b for the projection `name`, plus its LoRA adapter s (x A) B if it has one.
+
+    x (B, T, in), W (in, out), b (out,), A (in, r), B (r, out) -> y (B, T, out).
+    """
     y, cache = L.linear_forward(x, params[name + ".weight"], params[name + ".bias"])
     A = params.get(name + ".lora_A")
     if A is None:
@@ -83,7 +86,11 @@ def _linear(params, name, x, lora_scale):
 
 
 def _linear_backward(dy, cache, name, grads, wanted):
-    """Backward of `_linear`; stores the gradients of the parameters in `wanted` into `grads`."""
+    """Backward of `_linear`: dy (B, T, out) -> dx (B, T, in); the gradients of the parameters
+    in `wanted` go into `grads`. The adapter is two more linear maps, h = x A and z = h B, so
+
+        dB = h^T (s dy),   dh = (s dy) B^T,   dA = x^T dh,   dx += dh A^T
+    """
     base, lora = cache
     w = name + ".weight"
     dx, dW, db = L.linear_backward(dy, base, param_grads=w in wanted)
@@ -127,7 +134,7 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0)
     return x, (c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2)
 
 
-def block_backward(dx, cache, i, grads, wanted):
+def block_backward(dx, cache, i, config, grads, wanted):
     """The block's forward read bottom-up. dx (B, T, C) -> dx (B, T, C)."""
     c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2 = cache
     p = f"h.{i}."
@@ -142,7 +149,7 @@ def block_backward(dx, cache, i, grads, wanted):
     # x = x + dropout(attn(ln_1(x)))
     dx, da = L.residual_backward(dx)
     da = L.dropout_backward(da, c_d1)
-    da = L.split_heads(_linear_backward(da, c_proj, p + "attn.c_proj", grads, wanted), c_att[0].shape[1])
+    da = L.split_heads(_linear_backward(da, c_proj, p + "attn.c_proj", grads, wanted), config.n_head)
     dq, dk, dv = L.attention_backward(da, c_att)
     xp = get_array_module(dx)
     dqkv = xp.concatenate([L.merge_heads(d) for d in (dq, dk, dv)], axis=-1)
@@ -151,7 +158,7 @@ def block_backward(dx, cache, i, grads, wanted):
     return dx + dh
 
 
-def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False, head=True):
+def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False, head=True, keep_caches=True):
     """GPT-2 forward. ids int (B, T) -> logits (B, T, V) and the caches for `backward`.
 
     kv: a KVCache to read from and append to (inference); positions then continue from
@@ -159,6 +166,8 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     the LM head for the last position only -> logits (B, V) (what generation needs).
     head=False stops before the LM head and returns the final hidden states (B, T, C) instead
     (the training loss applies the head itself, fused with the cross-entropy).
+    keep_caches=False drops each block's cache as soon as the block is done (inference: the
+    memory of one block, not of all); `backward` then cannot run.
     """
     xp = get_array_module(params["wte.weight"])
     B, T = ids.shape
@@ -173,7 +182,8 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     c_blocks = []
     for i in range(config.n_layer):
         x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale)
-        c_blocks.append(c)
+        if keep_caches:
+            c_blocks.append(c)
     if kv is not None:
         kv.length += T
     if last_only:
@@ -210,7 +220,7 @@ def backward_hidden(dx, caches, config, wanted, dwte_head=None):
     grads = {}
     dx, grads["ln_f.weight"], grads["ln_f.bias"] = L.layernorm_backward(dx, c_lnf)
     for i in reversed(range(config.n_layer)):
-        dx = block_backward(dx, c_blocks[i], i, grads, wanted)
+        dx = block_backward(dx, c_blocks[i], i, config, grads, wanted)
     dx = L.dropout_backward(dx, c_drop)
     # x = wte[ids] + wpe[pos]: the add hands dx to both lookups.
     dtok, dpos = L.residual_backward(dx)
@@ -234,9 +244,22 @@ def loss_and_grads(params, config, ids, targets, rng=None, lora_scale=1.0, wante
     hidden, caches = forward(params, config, ids, rng=rng, lora_scale=lora_scale, head=False)
     B, T, C = hidden.shape
     loss, dhidden, dwte = L.lm_head_cross_entropy(hidden.reshape(B * T, C), params["wte.weight"],
-                                                   targets.reshape(-1), ignore_index)
-    return loss, backward_hidden(dhidden.reshape(B, T, C), caches, config, wanted,
-                                 dwte if "wte.weight" in wanted else None)
+                                                   targets.reshape(-1), ignore_index, need_dW="wte.weight" in wanted)
+    return loss, backward_hidden(dhidden.reshape(B, T, C), caches, config, wanted, dwte)
+
+
+def loss(params, config, ids, targets, lora_scale=1.0, ignore_index=-100):
+    """Mean cross-entropy of `targets` given `ids` (both int (B, T)), without gradients.
+
+    For evaluation: no caches are kept, and only the rows that have a target (not
+    `ignore_index`) go through the LM head, fused with the loss as in training.
+    """
+    hidden, _ = forward(params, config, ids, lora_scale=lora_scale, head=False, keep_caches=False)
+    t = targets.reshape(-1)
+    scored = t != ignore_index
+    value, _, _ = L.lm_head_cross_entropy(hidden.reshape(-1, config.n_embd)[scored], params["wte.weight"],
+                                          t[scored], need_dx=False, need_dW=False)
+    return value
 
 
 def param_names(config):
@@ -311,8 +334,12 @@ class GPT2:
         return sum(int(a.size) for a in self.params.values())
 
     def _ids(self, ids, what="token ids", allow=None):
-        """Ids as an int64 (B, T) array on the model's device, checked: each in [0, vocab) or
-        equal to `allow` (the ignore index of targets)."""
+        """Ids as an int64 (B, T) array on the model's device, checked by `check_ids`."""
+        return self.xp.asarray(self.check_ids(ids, what, allow))
+
+    def check_ids(self, ids, what="token ids", allow=None):
+        """Ids as an int64 (B, T) NumPy array, checked: each in [0, vocab) or equal to `allow`
+        (the ignore index of targets); one clear sentence otherwise."""
         a = asnumpy(ids)
         if a.ndim == 1:
             a = a[None]
@@ -325,7 +352,16 @@ class GPT2:
             bad &= a != allow
         if bad.any():
             raise PicoGPTError(f"{what} must be in [0, {self.config.vocab_size}), found {a[bad].flat[0]}.")
-        return self.xp.asarray(a.astype(np.int64))
+        return a.astype(np.int64)
+
+    def _ids_and_targets(self, ids, targets, ignore_index):
+        """Both checked (ranges, context, equal shapes) and on the model's device."""
+        ids = self._ids(ids)
+        self._check_context(ids.shape[1])
+        targets = self._ids(targets, "targets", allow=ignore_index)
+        if targets.shape != ids.shape:
+            raise PicoGPTError(f"targets {targets.shape} and ids {ids.shape} must have the same shape.")
+        return ids, targets
 
     def _check_context(self, used):
         if used > self.config.n_ctx:
@@ -337,7 +373,7 @@ class GPT2:
         self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
         if kv is not None and kv.length + ids.shape[1] > kv.max_len:
             raise PicoGPTError(f"the KV cache holds {kv.max_len} positions; {kv.length} are used and {ids.shape[1]} more do not fit.")
-        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale)[0]
+        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale, keep_caches=False)[0]
 
     __call__ = forward
 
@@ -352,19 +388,21 @@ class GPT2:
         return generate(self, ids, max_new_tokens, temperature, top_k, top_p, seed, **kw)
 
     def loss_and_grads(self, ids, targets, wanted=None, rng=None, ignore_index=-100):
-        """Mean cross-entropy over all target positions and its gradient for every parameter.
+        """Mean cross-entropy over the target positions (those equal to `ignore_index` excluded)
+        and its gradient for every parameter.
 
         ids, targets int (B, T). Returns (loss as a float, grads keyed like self.params).
         `wanted` limits the gradients computed; `rng` (a Generator) turns dropout on.
         """
-        ids = self._ids(ids)
-        self._check_context(ids.shape[1])
-        targets = self._ids(targets, "targets", allow=ignore_index)
-        if targets.shape != ids.shape:
-            raise PicoGPTError(f"targets {targets.shape} and ids {ids.shape} must have the same shape.")
+        ids, targets = self._ids_and_targets(ids, targets, ignore_index)
         loss, grads = loss_and_grads(self.params, self.config, ids, targets, rng=rng, lora_scale=self.lora_scale,
                                      wanted=wanted, ignore_index=ignore_index)
         return float(loss), grads
+
+    def loss(self, ids, targets, ignore_index=-100):
+        """Mean cross-entropy of `targets` given `ids` (int (B, T)), as a float; no gradients."""
+        ids, targets = self._ids_and_targets(ids, targets, ignore_index)
+        return float(loss(self.params, self.config, ids, targets, self.lora_scale, ignore_index))
 
     def to(self, device=None, dtype=None):
         """A copy of the model on another device and/or in another dtype."""

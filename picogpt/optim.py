@@ -8,7 +8,7 @@ import math
 from .backend import get_array_module
 
 
-def decays(name, param):
+def decays(param):
     """Which parameters get weight decay: matrices (projections, embeddings, LoRA adapters) do;
     biases and layer-norm gains (1-D) don't, as in GPT-2 practice (nanoGPT, minGPT)."""
     return param.ndim >= 2
@@ -30,24 +30,33 @@ class AdamW:
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.m = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
         self.v = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
-        self.decay = {k for k in names if decays(k, params[k])}
+        self.decay = {k for k in names if decays(params[k])}
         self.t = 0
 
     def step(self, params, grads, lr):
         """Update `params` in place from `grads` (only the names this optimizer was built for)."""
         self.t += 1
-        b1, b2 = self.betas
+        lr, (b1, b2) = float(lr), self.betas
         c1, c2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
         for k, m in self.m.items():
             g, p, v = grads[k], params[k], self.v[k]
             xp = get_array_module(p)
             if k in self.decay and self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
+            # The formulas above, in place with one scratch array `t` (no full-size temporaries).
+            t = xp.multiply(g, 1.0 - b1)
             m *= b1
-            m += (1.0 - b1) * g
+            m += t                                   # m = b1 m + (1 - b1) g
+            xp.multiply(g, g, out=t)
+            t *= 1.0 - b2
             v *= b2
-            v += (1.0 - b2) * (g * g)
-            p -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+            v += t                                   # v = b2 v + (1 - b2) g^2
+            xp.divide(v, c2, out=t)
+            xp.sqrt(t, out=t)
+            t += self.eps                            # sqrt(v_hat) + eps
+            xp.divide(m, t, out=t)
+            t *= lr / c1                             # lr m_hat / (sqrt(v_hat) + eps)
+            p -= t
 
     def state_dict(self):
         """Arrays (name -> array) and scalars, for checkpoints."""
@@ -73,8 +82,10 @@ def lr_at(step, lr, min_lr, warmup_steps, total_steps):
 
 
 def global_norm(grads):
-    """sqrt of the sum of squares of every gradient entry, as a float."""
-    return math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    """sqrt of the sum of squares of every gradient entry, as a float.
+
+    The sum stays on the device until the end: one GPU-to-host copy, not one per tensor."""
+    return math.sqrt(float(sum((g * g).sum() for g in grads.values())))
 
 
 def clip_grad_norm(grads, max_norm):

@@ -51,7 +51,7 @@ def read_header(path):
     for name, info in header.items():
         try:
             dt = np.dtype(DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
+            begin, end = (int(o) for o in info["data_offsets"])
             count = int(np.prod(info["shape"], dtype=np.int64))
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"bad entry for tensor {name!r}") from None

@@ -8,6 +8,7 @@ NumPy Generator, so a seed gives the same tokens on the CPU and on the GPU (up t
 import numpy as np
 
 from .backend import PicoGPTError, get_array_module
+from .layers import float32_if_half, softmax_forward
 
 
 def check_sampling_args(temperature=0.0, top_k=None, top_p=None):
@@ -29,7 +30,9 @@ def top_k_filter(logits, k):
     xp = get_array_module(logits)
     if k >= logits.shape[-1]:
         return logits
-    kth = xp.partition(logits, -k, axis=-1)[:, -k][:, None]
+    # The k-th largest of x is minus the k-th smallest of -x; selecting a small index is the
+    # fast case of CuPy's partition (a large one falls back to a full sort there).
+    kth = -xp.partition(-logits, k - 1, axis=-1)[:, k - 1:k]
     return xp.where(logits < kth, -xp.inf, logits)
 
 
@@ -52,11 +55,8 @@ def top_p_filter(logits, p):
 
 
 def softmax(logits):
-    """Row softmax (B, V) -> (B, V) in float32 or wider."""
-    xp = get_array_module(logits)
-    z = logits.astype(np.float32) if logits.dtype == np.float16 else logits
-    e = xp.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Row softmax (B, V) -> (B, V), in float32 for float16 logits (layers.softmax_forward)."""
+    return softmax_forward(float32_if_half(logits))[0]
 
 
 def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):
@@ -69,8 +69,7 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):
     xp = get_array_module(logits)
     if temperature == 0:
         return xp.argmax(logits, axis=-1)
-    z = logits.astype(np.float32) if logits.dtype == np.float16 else logits
-    z = z / temperature
+    z = float32_if_half(logits) / float(temperature)
     if top_k is not None:
         z = top_k_filter(z, int(top_k))
     if top_p is not None:
@@ -79,4 +78,7 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):
     rng = rng if rng is not None else np.random.default_rng()
     u = xp.asarray(rng.random(z.shape[0]), dtype=cdf.dtype)[:, None] * cdf[:, -1:]
     ids = (cdf <= u).sum(axis=-1)
-    return xp.minimum(ids, z.shape[-1] - 1)  # guard: rounding can leave u == total
+    # Rounding can make u equal the total; then take the last token that has any probability
+    # (never a filtered one, whose probability is exactly 0).
+    last = (cdf < cdf[:, -1:]).sum(axis=-1)
+    return xp.minimum(ids, last)

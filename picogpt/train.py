@@ -29,9 +29,9 @@ from . import data as D
 from . import lora as lora_mod
 from . import safetensors
 from .backend import PicoGPTError, asnumpy, make_rng, resolve_device, set_tf32, synchronize
-from .cli import run_command
+from .cli import clock, run_command
 from .config import get_config
-from .files import write_json
+from .files import atomic_open, write_json
 from .optim import AdamW, clip_grad_norm, lr_at
 from .weights import init_model, load_model, save_model
 
@@ -125,6 +125,9 @@ class Trainer:
                           for name, ids in (("train", self.train_ids), ("val", self.val_ids))}
         if cfg.resume:
             self._load_checkpoint()
+        elif (self.out / "checkpoint.safetensors").is_file():
+            raise PicoGPTError(f"{self.out}/ already holds a training checkpoint: add --resume to continue it, "
+                               "or choose another --out (or delete that folder) to start over.")
 
     # --- set-up -------------------------------------------------------------------------
     def _build_model(self):
@@ -183,16 +186,7 @@ class Trainer:
 
     def evaluate(self, split="val"):
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
-        from .layers import cross_entropy_forward
-        from .model import forward
-
-        model, losses = self.model, []
-        for x, y in self.eval_sets[split]:
-            logits, _ = forward(model.params, model.config, model.xp.asarray(x), lora_scale=model.lora_scale)
-            B, T, V = logits.shape
-            loss, _ = cross_entropy_forward(logits.reshape(B * T, V), model.xp.asarray(y).reshape(-1))
-            losses.append(float(loss))
-        return float(np.mean(losses))
+        return float(np.mean([self.model.loss(x, y) for x, y in self.eval_sets[split]]))
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self):
@@ -227,8 +221,10 @@ class Trainer:
         arrays = safetensors.load(path)
         xp = self.model.xp
         for k in self.trainable:
-            if f"param:{k}" not in arrays:
-                raise PicoGPTError(f"{path} lacks parameter {k!r}: it is corrupt or from another model.")
+            for key in (f"param:{k}", f"m:{k}", f"v:{k}"):
+                if key not in arrays or arrays[key].shape != self.model.params[k].shape:
+                    raise PicoGPTError(f"{path} lacks {key!r} of shape {self.model.params[k].shape}: "
+                                       "it is corrupt or from another model.")
             self.model.params[k] = xp.asarray(np.array(arrays[f"param:{k}"], dtype=self.model.dtype))  # copy: read-only mmap
         self.opt.load_state_dict(arrays, opt_scalars)
         self.step_num = step
@@ -278,12 +274,25 @@ class Trainer:
                 f"checkpoint is kept in {self.out}/; try a lower --lr or a stronger --grad-clip.")
 
     def _prepare_out(self):
-        """Create the output folder, record the config, and remove temporary files that a run
-        killed while saving left behind (the files under the real names are whole)."""
+        """Create the output folder, record the config, remove temporary files that a run killed
+        while saving left behind (the files under the real names are whole), and make log.jsonl
+        hold exactly the steps up to where this run starts (a resumed run redoes the steps after
+        its checkpoint, so their old records go)."""
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob(".*.tmp-*"):
             stale.unlink()
         write_json(self.out / "train_config.json", asdict(self.cfg))
+        log = self.out / "log.jsonl"
+        kept = []
+        if self.cfg.resume and log.is_file():
+            for line in log.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step_num:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by a kill
+        with atomic_open(log, "w") as f:
+            f.writelines(kept)
 
     def _report(self, recent, logf):
         cfg, s = self.cfg, self.step_num
@@ -293,7 +302,7 @@ class Trainer:
         left = (cfg.steps - s) * secs / len(recent)
         norm = recent[-1]["grad_norm"]
         self.log(f"step {s:>6}/{cfg.steps} | loss {loss:.4f} | lr {recent[-1]['lr']:.2e} | "
-                 f"{'' if norm is None else f'grad norm {norm:.2f} | '}{tok_s:,.0f} tok/s | {_hms(left)} left")
+                 f"{'' if norm is None else f'grad norm {norm:.2f} | '}{tok_s:,.0f} tok/s | {clock(left)} left")
         for r in recent:
             self._write(logf, {"step": r["step"] + 1, "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
                                "tokens_per_s": r["tokens"] / max(r["seconds"], 1e-9)})
@@ -303,11 +312,6 @@ class Trainer:
         if logf:
             logf.write(json.dumps(record) + "\n")
             logf.flush()
-
-
-def _hms(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def train(cfg=None, log=print, **kwargs):

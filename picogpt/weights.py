@@ -20,7 +20,7 @@ import numpy as np
 
 from . import safetensors
 from .backend import PicoGPTError, asnumpy, resolve_device, resolve_dtype, xp_for
-from .config import HUB_MODELS, PRESETS, GPT2Config, canonical_name
+from .config import HUB_MODELS, PRESETS, GPT2Config, canonical_name, hub_model_names
 from .files import write_json
 from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
 
@@ -47,8 +47,11 @@ def read_config(folder):
     if not path.is_file():
         raise PicoGPTError(f"{folder} has no config.json: it is not a GPT-2 checkpoint folder.")
     try:
-        return GPT2Config.from_hf_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return GPT2Config.from_hf_dict(d)
+    except (OSError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise PicoGPTError(f"{path} is not a valid GPT-2 config ({e}).") from None
 
 
@@ -122,8 +125,7 @@ def find_checkpoint(name):
         return folder
     if canon in PRESETS:
         raise PicoGPTError(f"{name!r} is a config without released weights: use picogpt.init_model({name!r}) for a randomly initialised one.")
-    names = ", ".join(HUB_MODELS + ("124M", "355M", "774M", "1558M"))
-    raise PicoGPTError(f"unknown model {name!r}: give one of {names}, or a checkpoint folder.")
+    raise PicoGPTError(f"unknown model {name!r}: give one of {hub_model_names()}, or a checkpoint folder.")
 
 
 def load_model(name=None, device=None, dtype="float32"):

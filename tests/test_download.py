@@ -233,6 +233,17 @@ def test_part_longer_than_the_file_is_discarded(hub, tmp_path):
     assert sha256_file(folder / "model.safetensors") == hub.sha
 
 
+def test_a_whole_part_file_is_verified_and_kept_not_downloaded_again(hub, tmp_path):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / ".model.safetensors.part").write_bytes(hub.weights)  # stopped before the rename: 416
+    dl.download("gpt2", tmp_path, base_url=hub.url, progress=False)
+    assert sha256_file(folder / "model.safetensors") == hub.sha
+    assert not (folder / ".model.safetensors.part").exists()
+    weight_requests = [rng for path, rng in hub.requests if path.endswith("model.safetensors")]
+    assert all(rng is not None for rng in weight_requests)  # only the Range probe, never a full GET
+
+
 # --- (3) checksums ---------------------------------------------------------------------------
 
 def test_checksum_mismatch_leaves_nothing_behind(hub, tmp_path):

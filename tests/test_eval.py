@@ -59,7 +59,7 @@ def model():
 
 def test_short_text_loss_is_the_mean_cross_entropy_of_one_forward(model):
     ids = np.random.default_rng(0).integers(0, 1000, 40)       # shorter than the context of 64
-    loss, n = evaluate_ids(model, ids, context=64, stride=64)
+    loss, n, *_ = evaluate_ids(model, ids, context=64, stride=64)
     assert n == len(ids) - 1
     assert loss == pytest.approx(direct_mean_ce(model, ids), rel=1e-5)
 
@@ -67,7 +67,7 @@ def test_short_text_loss_is_the_mean_cross_entropy_of_one_forward(model):
 def test_stride_equal_to_context_scores_disjoint_chunks(model):
     ids = np.random.default_rng(1).integers(0, 1000, 100)
     context = 16
-    loss, n = evaluate_ids(model, ids, context=context, stride=context, batch_size=3)
+    loss, n, *_ = evaluate_ids(model, ids, context=context, stride=context, batch_size=3)
     assert n == len(ids) - 1
     # chunk k: inputs ids[16k : 16k+16], targets ids[16k+1 : 16k+17]; each window scores all its targets
     total = 0.0
@@ -79,7 +79,7 @@ def test_stride_equal_to_context_scores_disjoint_chunks(model):
 
 def test_overlapping_windows_score_each_token_once_with_more_history(model):
     ids = np.random.default_rng(2).integers(0, 1000, 90)
-    loss, n = evaluate_ids(model, ids, context=20, stride=5, batch_size=4)
+    loss, n, *_ = evaluate_ids(model, ids, context=20, stride=5, batch_size=4)
     assert n == len(ids) - 1
     # ... and the same number by brute force: every token t scored in the window the rule gives it
     total = 0.0
@@ -94,8 +94,8 @@ def test_overlapping_windows_score_each_token_once_with_more_history(model):
 
 def test_batch_size_does_not_change_the_loss(model):
     ids = np.random.default_rng(3).integers(0, 1000, 150)
-    a, _ = evaluate_ids(model, ids, context=32, stride=8, batch_size=1)
-    b, _ = evaluate_ids(model, ids, context=32, stride=8, batch_size=16)
+    a, *_ = evaluate_ids(model, ids, context=32, stride=8, batch_size=1)
+    b, *_ = evaluate_ids(model, ids, context=32, stride=8, batch_size=16)
     assert a == pytest.approx(b, rel=1e-6)
 
 
@@ -143,7 +143,7 @@ def test_cli_prints_loss_and_perplexity(full_vocab):
     loss, ppl = float(m.group(1)), float(m.group(2))
     assert ppl == pytest.approx(math.exp(loss), rel=1e-3)
     ids = picogpt.get_tokenizer().encode(text.read_text())
-    expected, n = evaluate_ids(picogpt.load_model(mdir), ids, context=32, stride=8)
+    expected, n, *_ = evaluate_ids(picogpt.load_model(mdir), ids, context=32, stride=8)
     assert loss == pytest.approx(expected, abs=1e-4)
     assert f"{n:,} tokens scored" in r.stdout
     assert "Traceback" not in r.stderr

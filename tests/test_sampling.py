@@ -119,6 +119,21 @@ def test_sample_frequencies_match_the_filtered_softmax(temperature, top_k, top_p
     assert stat < limit, (counts, counts.sum() * probs)
 
 
+class _TopOfTheRange:
+    """A stand-in rng whose draws are as close to 1 as float64 gets (they round to 1 in float32)."""
+
+    def random(self, n):
+        return np.full(n, 1.0 - 2.0 ** -53)
+
+
+def test_a_draw_at_the_top_of_the_range_never_picks_a_filtered_token():
+    logits = np.array([[3.0, 2.0, 1.0, -1.0, -2.0]], dtype=np.float32)
+    for kw in ({"top_k": 2}, {"top_p": 0.5}, {"top_k": 3, "top_p": 0.99}):
+        kept = np.isfinite(top_p_filter(top_k_filter(logits, kw.get("top_k", 5)), kw.get("top_p", 1.0)))[0]
+        token = int(sample(logits, temperature=1.0, rng=_TopOfTheRange(), **kw)[0])
+        assert kept[token], (kw, token)
+
+
 def test_softmax_rows_sum_to_one_and_survive_large_logits():
     p = softmax(np.array([[1000.0, 999.0, -1000.0], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(p.sum(-1), 1.0)

@@ -138,7 +138,7 @@ def test_ten_adamw_steps_follow_torch(ref, dtype):
 
 def test_decays_matrices_not_biases_or_layernorm_gains():
     model = picogpt.load_model(TINY)
-    decayed = {k for k, a in model.params.items() if decays(k, a)}
+    decayed = {k for k, a in model.params.items() if decays(a)}
     for k in model.params:
         matrix = k in ("wte.weight", "wpe.weight") or k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
         assert (k in decayed) == matrix, k
@@ -525,3 +525,30 @@ def test_get_batch_targets_are_inputs_shifted_by_one():
     assert x.shape == y.shape == (8, 10) and x.dtype == np.int64
     np.testing.assert_array_equal(y, x + 1)
     assert x.min() >= 0 and y.max() <= 99
+
+
+def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    from picogpt.train import TrainConfig, Trainer
+
+    text = tmp_path / "t.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession. " * 30)
+    cfg = dict(data=str(text), out=str(tmp_path / "out"), model="gpt2-micro", n_embd=16, n_head=2, block_size=8,
+               batch_size=2, steps=2, eval_interval=2, eval_batches=1, log_interval=1)
+    Trainer(TrainConfig(**cfg), log=lambda *a: None).run()
+    with pytest.raises(PicoGPTError, match="--resume"):
+        Trainer(TrainConfig(**cfg), log=lambda *a: None)
+    resumed = Trainer(TrainConfig(**{**cfg, "steps": 3, "resume": True}), log=lambda *a: None)
+    resumed.run()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 3]  # each training step once, and the evaluations at 2 and 3
+
+
+def test_model_loss_equals_the_cross_entropy_of_the_logits(ref):
+    from picogpt.layers import cross_entropy_forward
+
+    model = picogpt.load_model(FIXTURES / "tiny-gpt2", dtype="float64")
+    x, y = ref["loss_ids"], ref["loss_targets"]
+    logits = model.forward(x)
+    expected = float(cross_entropy_forward(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))[0])
+    assert abs(model.loss(x, y) - expected) < 1e-10
+    assert abs(model.loss(x, y) - float(ref["loss"])) < 1e-6

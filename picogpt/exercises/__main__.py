@@ -22,6 +22,8 @@ import traceback
 import uuid
 
 from ..backend import PicoGPTError
+from ..cli import run_command
+from ..files import atomic_open
 from . import DEFAULT_MAX_EXAMPLES, check, describe, get, names, teacher_notebook_path
 from .student import make_student
 
@@ -52,18 +54,15 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return run_command(_dispatch, build_parser().parse_args(argv))
+
+
+def _dispatch(args):
     try:
         return COMMANDS[args.command](args)
-    except PicoGPTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SubmissionError as e:
+    except SubmissionError as e:  # the student's file does not even run: a fail (1), not a usage error (2)
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
 
 
 def _list(args):
@@ -132,11 +131,8 @@ def _make_student(args):
 def _teacher(args):
     if os.path.exists(args.dst):
         raise PicoGPTError(f"{args.dst} already exists: choose another name, or remove it first.")
-    try:
-        with teacher_notebook_path().open("rb") as src, open(args.dst, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    except OSError as e:
-        raise PicoGPTError(f"cannot write {args.dst}: {e.strerror}.") from None
+    with teacher_notebook_path().open("rb") as src, atomic_open(args.dst) as dst:
+        shutil.copyfileobj(src, dst)
     print(f"wrote {args.dst}: edit it, then `python -m picogpt.exercises make-student {args.dst} STUDENT.ipynb`.")
     return 0
 

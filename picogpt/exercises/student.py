@@ -18,9 +18,9 @@ is `#` signs followed by the marker's words (any number of `#`, as nbgrader allo
 import json
 import os
 import re
-import tempfile
 
 from ..backend import PicoGPTError
+from ..files import atomic_open
 
 CODE_STUB = 'raise NotImplementedError("your code here")'
 TEXT_STUB = "YOUR ANSWER HERE"
@@ -118,23 +118,9 @@ def _nbgrader_solution(cell):
 
 
 def _write_atomically(dst, text):
-    """Write to a temporary file in dst's folder, then rename: never a half-written notebook."""
+    """Never a half-written notebook (see picogpt.files.atomic_open)."""
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
         raise PicoGPTError(f"cannot write {dst}: the folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=".student-", suffix=".ipynb", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it private; a handout is not
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_open(dst, "w") as f:
+        f.write(text)
