@@ -1,6 +1,6 @@
 """Text -> token files, and random training batches.
 
-    python -m picogpt.data shakespeare.txt --out data/shakespeare
+    python -m picogpt.data examples/shakespeare.txt --out data/shakespeare
 
 writes `train.bin` and `val.bin` (GPT-2 token ids as uint16: every id < 65536) and `meta.json`.
 The validation split is the LAST `--val-fraction` of the text (default 5%), so it is text the
@@ -98,7 +98,7 @@ def get_batch(ids, batch_size, block_size, rng):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m picogpt.data",
                                 description="Tokenise a UTF-8 text file with GPT-2's BPE into train.bin / val.bin (uint16).",
-                                epilog="example:\n  python -m picogpt.data shakespeare.txt --out data/shakespeare",
+                                epilog="example:\n  python -m picogpt.data examples/shakespeare.txt --out data/shakespeare",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", help="a UTF-8 text file")
     p.add_argument("--out", default=None, help="output folder (default: data/<file name without suffix>)")

@@ -64,7 +64,7 @@ def main(argv=None):
         prog="python -m picogpt.eval", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Mean loss per token and perplexity of a model on a UTF-8 text (sliding windows).",
         epilog="examples:\n"
-               "  python -m picogpt.eval --text shakespeare.txt --tail 0.05      # the bundled model on its validation split\n"
+               "  python -m picogpt.eval --text examples/shakespeare.txt --tail 0.05     # the bundled model on its validation split\n"
                "  python -m picogpt.eval --model gpt2 --text essay.txt --stride 512")
     p.add_argument("--model", default=None, metavar="NAME|DIR", help="gpt2, ..., a checkpoint folder (default: the bundled model)")
     p.add_argument("--text", required=True, help="a UTF-8 text file")

@@ -357,7 +357,7 @@ def build_parser():
         description="Train GPT-2 with picogpt's own backprop: from scratch, from OpenAI's weights, or with LoRA adapters.",
         epilog="examples:\n"
                "  # the bundled Shakespeare model (see picogpt/assets/shakespeare/MODEL_CARD.md)\n"
-               "  python -m picogpt.data shakespeare.txt --out data/shakespeare\n"
+               "  python -m picogpt.data examples/shakespeare.txt --out data/shakespeare\n"
                "  python -m picogpt.train --data data/shakespeare --model gpt2-tiny --steps 1500 --out out/shakespeare\n"
                "  # fine-tune GPT-2 124M, fully or with LoRA\n"
                "  python -m picogpt.train --data data/shakespeare --init gpt2 --block-size 256 --lr 3e-5 --steps 200\n"
