@@ -26,8 +26,7 @@ class GPT2Config:
             object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise PicoGPTError(f"config {name} must be a positive integer, got {getattr(self, name)}.")
         if self.n_embd % self.n_head:
             raise PicoGPTError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")

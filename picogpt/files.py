@@ -16,6 +16,8 @@ def atomic_open(path, mode="wb"):
     new one, never a mixture. On an exception the temporary file is removed.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise PicoGPTError(f"cannot write {path}: the folder {path.parent.resolve()} does not exist.")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:

@@ -40,7 +40,8 @@ def make_student(src, dst):
     for number, cell in enumerate(nb["cells"], start=1):
         if _student_cell(cell, number, summary):
             summary["cells"] += 1
-    _write_atomically(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    with atomic_open(dst, "w") as f:   # never a half-written notebook
+        f.write(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -116,11 +117,3 @@ def _nbgrader_solution(cell):
     meta = cell.get("metadata", {}).get("nbgrader", {})
     return isinstance(meta, dict) and meta.get("solution") is True
 
-
-def _write_atomically(dst, text):
-    """Never a half-written notebook (see picogpt.files.atomic_open)."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(folder):
-        raise PicoGPTError(f"cannot write {dst}: the folder {folder} does not exist.")
-    with atomic_open(dst, "w") as f:
-        f.write(text)
