@@ -7,6 +7,9 @@ Hypothesis profiles, chosen with the environment variable HYPOTHESIS_PROFILE (de
 
 Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason,
 wherever picogpt.backend.gpu_available() is False: no CuPy, or CuPy without a CUDA device.
+
+With PICOGPT_SIMULATED_GPU=1 they run on a simulated device instead (tests/simulated_gpu.py):
+NumPy underneath, with CuPy's rule that host and device arrays never mix.
 """
 
 import os
@@ -15,7 +18,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from picogpt.backend import gpu_available
+if os.environ.get("PICOGPT_SIMULATED_GPU") == "1":  # before picogpt looks for CuPy
+    from simulated_gpu import install
+
+    install()
+
+from picogpt.backend import gpu_available  # noqa: E402
 
 settings.register_profile("ci", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -6,6 +6,7 @@ GPU too, through their device / xp parameters.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_ten_adamw_steps_follow_torch_on_the_gpu(ref):
 
 
 def _text(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "text.txt"
     path.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40)
     return path
@@ -118,3 +120,103 @@ def test_tf32_training_step_runs():
         assert np.isfinite(loss) and set(grads) == set(model.params)
     finally:
         set_tf32(False)
+
+
+# --- the commands and the rest of the API on the GPU ------------------------------------------
+
+def test_generate_command_prints_the_same_text_on_the_gpu(capsys):
+    from picogpt.generate import main
+
+    printed = {}
+    for device in ("cpu", "gpu"):
+        assert main(["ROMEO.", "--max-new-tokens", "12", "--temperature", "0", "--device", device]) in (0, None)
+        captured = capsys.readouterr()
+        assert f"on {device}]" in captured.err
+        printed[device] = captured.out
+    assert printed["gpu"] == printed["cpu"]
+
+
+def test_sampling_on_the_gpu_draws_the_cpu_tokens_for_a_seed():
+    """One seed, the same tokens on both devices: the uniform draws come from the host."""
+    prompts = [[464, 3290, 318], [40, 716]]   # two lengths: left padding on the device too
+    cpu, gpu = picogpt.load_model(), picogpt.load_model(device="gpu")
+    for kw in ({"temperature": 0.9, "seed": 1}, {"temperature": 0.8, "top_k": 40, "seed": 2},
+               {"temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        assert gpu.generate(prompts, 16, **kw) == cpu.generate(prompts, 16, **kw), kw
+
+
+def test_eval_command_scores_the_same_loss_on_the_gpu(tmp_path, capsys):
+    from picogpt.eval import main
+
+    text = _text(tmp_path)
+    lines = {}
+    for device in ("cpu", "gpu"):
+        assert main(["--text", str(text), "--context", "64", "--stride", "32", "--device", device]) in (0, None)
+        lines[device] = capsys.readouterr().out.splitlines()[-1]
+    assert lines["gpu"].startswith("loss ") and lines["gpu"] == lines["cpu"]
+
+
+def test_training_on_the_gpu_resumes_as_if_never_stopped(tmp_path):
+    whole = _trainer(tmp_path / "whole", "gpu")
+    losses = [whole.step()["loss"] for _ in range(4)]
+    part = _trainer(tmp_path / "part", "gpu")
+    first = [part.step()["loss"] for _ in range(2)]
+    part.save_checkpoint()
+    from picogpt.train import Trainer
+
+    resumed = Trainer(replace(part.cfg, resume=True), log=lambda *a: None)
+    assert resumed.model.device == "gpu" and resumed.step_num == 2
+    rest = [resumed.step()["loss"] for _ in range(2)]
+    np.testing.assert_allclose(first + rest, losses, rtol=0, atol=1e-6)
+    for k, a in whole.model.params.items():
+        assert rel_err(resumed.model.params[k], picogpt.asnumpy(a)) <= 1e-5, k
+
+
+def test_lora_adapters_saved_from_the_gpu_load_back_onto_it(tmp_path):
+    from picogpt.lora import load_adapters, save_adapters
+
+    trainer = _trainer(tmp_path, "gpu", lora_rank=4)
+    for _ in range(2):
+        trainer.step()
+    path = save_adapters(trainer.model, tmp_path / "adapters.safetensors")
+    fresh = _trainer(tmp_path / "fresh", "gpu").model
+    load_adapters(fresh, path)
+    ids = np.arange(12)[None] % 50
+    assert rel_err(fresh.forward(ids), picogpt.asnumpy(trainer.model.forward(ids))) <= 1e-6
+
+
+def test_float16_on_the_gpu_stays_close_to_float32():
+    ids = picogpt.get_tokenizer().encode("ROMEO.\nWhat light through yonder")
+    full = picogpt.load_model(device="gpu")
+    half = picogpt.load_model(device="gpu", dtype="float16")
+    assert half.dtype == np.float16
+    logits32 = picogpt.asnumpy(full.forward(ids))
+    logits16 = picogpt.asnumpy(half.forward(ids)).astype(np.float32)
+    assert np.isfinite(logits16).all()
+    assert rel_err(logits16, logits32) <= 2e-2
+    assert (logits16.argmax(-1) == logits32.argmax(-1)).mean() >= 0.8
+    out = half.generate(ids, 8)                 # the KV cache and sampling in float16 too
+    assert out.shape == (len(ids) + 8,)
+
+
+def test_int8_rounding_on_the_gpu_equals_the_cpus():
+    from picogpt.quantize import quantize_model
+
+    ids = np.arange(20)[None] * 7
+    cpu = quantize_model(picogpt.load_model(), include_wte=True)
+    gpu = quantize_model(picogpt.load_model(device="gpu"), include_wte=True)
+    assert gpu.device == "gpu"
+    assert rel_err(gpu.forward(ids), picogpt.asnumpy(cpu.forward(ids))) <= 1e-5
+
+
+def test_tf32_training_on_the_gpu_stays_close_to_float32(tmp_path):
+    from picogpt.backend import set_tf32
+
+    exact = _trainer(tmp_path / "fp32", "gpu")
+    exact_losses = [exact.step()["loss"] for _ in range(3)]
+    try:
+        fast = _trainer(tmp_path / "tf32", "gpu", tf32=True)
+        fast_losses = [fast.step()["loss"] for _ in range(3)]
+    finally:
+        set_tf32(False)   # the switch is process-wide
+    np.testing.assert_allclose(fast_losses, exact_losses, rtol=0, atol=1e-2)

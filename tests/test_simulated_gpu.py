@@ -1,0 +1,30 @@
+"""The GPU tests, run on a simulated device where there is no GPU (as in CI).
+
+tests/simulated_gpu.py stands in for CuPy: NumPy underneath, with CuPy's rule that host and device
+arrays never mix. Every test marked `gpu` runs against it in a child pytest, so a host array
+slipping into device code (the commonest bug that only a GPU would show) fails here on any
+machine. It proves nothing about CuPy's kernels or speed: those need the real device.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pytest(*args):
+    env = {**os.environ, "PICOGPT_SIMULATED_GPU": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *args,
+                           str(ROOT / "tests")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_every_gpu_test_passes_on_the_simulated_device():
+    gpu_tests = [line for line in _pytest("--collect-only").stdout.splitlines() if "::" in line]
+    assert len(gpu_tests) >= 30, gpu_tests
+    run = _pytest()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.match(rf"{len(gpu_tests)} passed, \d+ deselected in ", summary), summary   # all ran, none skipped
