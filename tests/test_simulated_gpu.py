@@ -24,7 +24,11 @@ def _pytest(*args):
 def test_every_gpu_test_passes_on_the_simulated_device():
     gpu_tests = [line for line in _pytest("--collect-only").stdout.splitlines() if "::" in line]
     assert len(gpu_tests) >= 30, gpu_tests
-    run = _pytest()
+    run = _pytest("-rs")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     summary = run.stdout.strip().splitlines()[-1]
-    assert re.match(rf"{len(gpu_tests)} passed, \d+ deselected in ", summary), summary   # all ran, none skipped
+    passed = int(re.match(r"(\d+) passed", summary).group(1))
+    # A skip is fine only for the optional live cross-check with torch + transformers (not in CI).
+    skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all(re.search(r"could not import '(torch|transformers)'", line) for line in skips), skips
+    assert passed + len(skips) == len(gpu_tests) and passed >= 30, summary
