@@ -68,7 +68,7 @@ class DeviceArray(NDArrayOperatorsMixin):
         return _wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
-        self._a[_index(key)] = value._a if isinstance(value, DeviceArray) else value
+        self._a[_index(key)] = _inner(value)
 
     def __float__(self):
         return float(self._a)
@@ -136,11 +136,14 @@ def _wrap(x):
     return x
 
 
+def _inner(x):
+    """The NumPy array inside a device array; anything else as it is."""
+    return x._a if isinstance(x, DeviceArray) else x
+
+
 def _index(key):
     """Indices may be device arrays or host data (CuPy copies host index arrays over)."""
-    if isinstance(key, tuple):
-        return tuple(_index(k) for k in key)
-    return key._a if isinstance(key, DeviceArray) else key
+    return tuple(_index(k) for k in key) if isinstance(key, tuple) else _inner(key)
 
 
 def _call(func, where, args, kwargs):
@@ -170,7 +173,7 @@ class _Module(types.ModuleType):
         if isinstance(obj, (type, np.ufunc)) or not callable(obj):
             return obj                        # dtypes, ufuncs (they dispatch themselves), constants
         if name in TRANSFERS:
-            return lambda a, *args, **kwargs: _wrap(obj(a._a if isinstance(a, DeviceArray) else a, *args, **kwargs))
+            return lambda a, *args, **kwargs: _wrap(obj(_inner(a), *args, **kwargs))
         return lambda *args, **kwargs: _call(obj, f"xp.{name}", args, kwargs)
 
     @staticmethod
