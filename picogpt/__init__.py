@@ -7,8 +7,9 @@
     print(tok.decode(ids[0]))
 """
 
-from .backend import PicoGPTError, asnumpy, get_array_module, gpu_available
+from .backend import asnumpy, get_array_module, gpu_available
 from .config import PRESETS, GPT2Config, get_config
+from .errors import PicoGPTError
 from .model import GPT2, KVCache
 from .tokenizer import get_tokenizer
 from .weights import init_model, load_model, save_model

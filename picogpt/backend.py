@@ -1,4 +1,4 @@
-"""The CPU/GPU switch: which array module to use, moving arrays, dtypes.
+"""The CPU/GPU switch: which array module to use, and moving arrays between devices.
 
 The maths never asks "am I on the GPU?". Each op calls `get_array_module(x)` and gets
 NumPy for NumPy arrays and CuPy for CuPy arrays, so the same lines run on both. This file
@@ -9,17 +9,14 @@ import os
 
 import numpy as np
 
+from .errors import PicoGPTError  # re-exported: `from picogpt.backend import PicoGPTError` still works
+
 try:  # CuPy is optional: `pip install picogpt-numpy[gpu]`
     import cupy as _cupy
 except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
     _cupy = None
 
 DEVICES = ("cpu", "gpu")
-DTYPES = ("float32", "float64", "float16")
-
-
-class PicoGPTError(Exception):
-    """A mistake the user can fix. Commands print its message as one sentence and exit 2."""
 
 
 def get_array_module(*arrays):
@@ -63,11 +60,6 @@ def xp_for(device):
     return _cupy if resolve_device(device) == "gpu" else np
 
 
-def device_of(x):
-    """'gpu' for a CuPy array, else 'cpu'."""
-    return "gpu" if get_array_module(x) is not np else "cpu"
-
-
 def asnumpy(x):
     """Any array (NumPy, CuPy, a list, a scalar) -> a NumPy array on the host."""
     if _cupy is not None and isinstance(x, _cupy.ndarray):
@@ -83,17 +75,6 @@ def to_device(x, device, dtype=None):
     else:
         x = xp.asarray(x)
     return x if dtype is None else x.astype(dtype, copy=False)
-
-
-def resolve_dtype(dtype, device):
-    """A NumPy dtype from 'float32' | 'float64' | 'float16', checked against the device."""
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in DTYPES:
-        raise PicoGPTError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
-    if name == "float16" and device != "gpu":
-        # NumPy has no fast float16 matmul; it would be slower and less exact than float32.
-        raise PicoGPTError("float16 is supported on the GPU only: use dtype float32 on the CPU.")
-    return np.dtype(name)
 
 
 def make_rng(xp, seed=None):

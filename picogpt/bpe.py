@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import regex
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 from .tokenizer import EOT_TEXT, EOT_TOKEN, GPT2_PATTERN, bytes_to_unicode, load_ranks
 
 __all__ = ["BPETokenizer", "Merge", "bpe_merge", "format_trace", "pretokenize", "show_token", "train_bpe"]

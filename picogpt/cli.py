@@ -3,7 +3,7 @@
 import os
 import sys
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 
 
 def run_command(body, args, interrupted="interrupted."):

@@ -7,7 +7,7 @@ picogpt calls the context length `n_ctx` (Hugging Face: `n_positions`).
 
 from dataclasses import asdict, dataclass, fields
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 
 
 @dataclass(frozen=True)

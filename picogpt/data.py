@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import PicoGPTError
 from .cli import run_command
+from .errors import PicoGPTError
 from .files import atomic_open, write_json
+from .tokenizer import get_tokenizer
 
 
 def tokenize_file(path):
     """Read a UTF-8 text file and tokenise it with GPT-2's BPE -> uint16 ids (N,)."""
-    from .tokenizer import get_tokenizer
-
     path = Path(path)
     if not path.is_file():
         raise PicoGPTError(f"no text file at {path}.")

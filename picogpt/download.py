@@ -34,10 +34,11 @@ from pathlib import Path
 
 import requests
 
-from .backend import PicoGPTError
 from .cli import clock, run_command
 from .config import HUB_MODELS, canonical_name, hub_model_names
+from .errors import PicoGPTError
 from .files import atomic_open
+from .paths import weights_dir
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 HUB_ORG = "openai-community"
@@ -80,8 +81,6 @@ def download(name, dest_root=None, base_url=None, progress=True, force=False):
     """
     name = hub_name(name)
     if dest_root is None:
-        from .weights import weights_dir  # lazy: weights.py imports this module lazily too
-
         dest_root = weights_dir()
     base_url = base_url or os.environ.get("PICOGPT_HUB_URL") or DEFAULT_BASE_URL
     folder = Path(dest_root) / name

@@ -15,8 +15,10 @@ import time
 
 import numpy as np
 
-from .backend import PicoGPTError
 from .cli import run_command
+from .data import split, tokenize_file
+from .errors import PicoGPTError
+from .weights import load_model
 
 
 def windows(n_tokens, context, stride):
@@ -78,9 +80,6 @@ def main(argv=None):
 
 
 def _eval_command(args):
-    from .data import split, tokenize_file
-    from .weights import load_model
-
     if args.context is not None and args.context < 2:
         raise PicoGPTError(f"--context must be >= 2, got {args.context}.")
     if args.batch_size < 1:

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 
 
 @contextlib.contextmanager

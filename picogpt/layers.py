@@ -14,11 +14,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module, scatter_add
-
-
-def float32_if_half(x):
-    """Statistics (means, variances, exponentials) of float16 data are taken in float32."""
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+from .dtypes import float32_if_half
 
 
 # --- token and position embedding ---------------------------------------------------------

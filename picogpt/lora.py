@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import safetensors
-from .backend import PicoGPTError, asnumpy
+from .backend import asnumpy
+from .errors import PicoGPTError
 from .model import GPT2, LORA_SUFFIXES
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

@@ -20,7 +20,10 @@ bottom-up, calling each op's backward with its cache.
 import numpy as np
 
 from . import layers as L
-from .backend import PicoGPTError, asnumpy, get_array_module, resolve_device, resolve_dtype, to_device
+from .backend import asnumpy, get_array_module, resolve_device, to_device
+from .dtypes import resolve_dtype
+from .errors import PicoGPTError
+from .generation import generate
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
@@ -381,10 +384,14 @@ class GPT2:
         """An empty KVCache for `batch` rows and up to `max_len` (default n_ctx) positions."""
         return KVCache(self.config, batch, max_len or self.config.n_ctx, self.xp, self.dtype, pad)
 
-    def generate(self, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None, seed=None, **kw):
-        """Continue each prompt; see picogpt.generate.generate for every option."""
-        from .generate import generate
+    def next_logits(self, ids, kv):
+        """The generation step: ids int (B, T) already on the device (unchecked) -> logits (B, V)
+        of the last position, appending to `kv`. No caches are kept for a backward."""
+        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale,
+                       last_only=True, keep_caches=False)[0]
 
+    def generate(self, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None, seed=None, **kw):
+        """Continue each prompt; see picogpt.generation.generate for every option."""
         return generate(self, ids, max_new_tokens, temperature, top_k, top_p, seed, **kw)
 
     def loss_and_grads(self, ids, targets, wanted=None, rng=None, ignore_index=-100):

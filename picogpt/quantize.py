@@ -29,7 +29,8 @@ import re
 
 import numpy as np
 
-from .backend import PicoGPTError, get_array_module
+from .backend import get_array_module
+from .errors import PicoGPTError
 from .model import GPT2
 
 QMAX = 127  # symmetric int8: q in [-127, 127]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 from .files import atomic_open
 
 DTYPES = {

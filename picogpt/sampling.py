@@ -7,8 +7,10 @@ NumPy Generator, so a seed gives the same tokens on the CPU and on the GPU (up t
 
 import numpy as np
 
-from .backend import PicoGPTError, get_array_module
-from .layers import float32_if_half, softmax_forward
+from .backend import get_array_module
+from .dtypes import float32_if_half
+from .errors import PicoGPTError
+from .layers import softmax_forward
 
 
 def check_sampling_args(temperature=0.0, top_k=None, top_p=None):

@@ -16,7 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 
 ASSETS = Path(__file__).parent / "assets"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"

@@ -28,9 +28,10 @@ import numpy as np
 from . import data as D
 from . import lora as lora_mod
 from . import safetensors
-from .backend import PicoGPTError, asnumpy, make_rng, resolve_device, set_tf32, synchronize
+from .backend import asnumpy, make_rng, resolve_device, set_tf32, synchronize
 from .cli import clock, run_command
 from .config import get_config
+from .errors import PicoGPTError
 from .files import atomic_open, write_json
 from .optim import AdamW, clip_grad_norm, lr_at
 from .weights import init_model, load_model, save_model

@@ -12,25 +12,23 @@ Careful: `h.N.attn.c_attn.bias` is a real parameter; only the exact `h.N.attn.bi
 """
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from . import safetensors
-from .backend import PicoGPTError, asnumpy, resolve_device, resolve_dtype, xp_for
-from .config import HUB_MODELS, PRESETS, GPT2Config, canonical_name, hub_model_names
+from .backend import asnumpy, resolve_device, xp_for
+from .config import HUB_MODELS, PRESETS, GPT2Config, canonical_name, get_config, hub_model_names
+from .download import download
+from .dtypes import resolve_dtype
+from .errors import PicoGPTError
 from .files import write_json
 from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
+from .paths import weights_dir  # noqa: F401 (also picogpt.weights.weights_dir, as before)
 
 BUNDLED = Path(__file__).parent / "assets" / "shakespeare"
 _MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-
-
-def weights_dir():
-    """Where downloaded checkpoints live: $PICOGPT_WEIGHTS, else ./weights."""
-    return Path(os.environ.get("PICOGPT_WEIGHTS", "weights"))
 
 
 def _hub_key(name):
@@ -119,8 +117,6 @@ def find_checkpoint(name):
     if canon in HUB_MODELS:
         folder = weights_dir() / canon
         if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
-            from .download import download
-
             download(canon)
         return folder
     if canon in PRESETS:
@@ -143,8 +139,6 @@ def init_model(config="gpt2-tiny", device=None, dtype="float32", seed=0, **overr
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if not isinstance(config, GPT2Config):
-        from .config import get_config
-
         config = get_config(config)
     if overrides:
         config = config.replace(**overrides)

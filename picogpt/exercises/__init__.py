@@ -32,7 +32,8 @@ between nbgrader's `### BEGIN SOLUTION` / `### END SOLUTION` markers; `make_stud
 
 from importlib import resources
 
-from ..backend import PicoGPTError
+from ..errors import PicoGPTError
+from .catalog import EXERCISES
 from .checker import DEFAULT_MAX_EXAMPLES, CheckResult, run_check
 from .student import make_student
 
@@ -41,7 +42,6 @@ __all__ = ["CheckResult", "DEFAULT_MAX_EXAMPLES", "check", "describe", "make_stu
 
 
 def _catalog():
-    from .catalog import EXERCISES  # imported lazily: it pulls in the model and the optimizer
     return EXERCISES
 
 

@@ -21,8 +21,8 @@ import sys
 import traceback
 import uuid
 
-from ..backend import PicoGPTError
 from ..cli import run_command
+from ..errors import PicoGPTError
 from ..files import atomic_open
 from . import DEFAULT_MAX_EXAMPLES, check, describe, get, names, teacher_notebook_path
 from .student import make_student

@@ -36,7 +36,7 @@ from random import Random
 
 import numpy as np
 
-from ..backend import PicoGPTError
+from ..errors import PicoGPTError
 
 RTOL = 1e-6
 ATOL = 1e-8

@@ -8,6 +8,7 @@ patterns (a constant factor, a flipped sign); then a hint for the output that is
 always, at least, the exercise's general hint.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,8 +78,6 @@ class Exercise:
 
 def _matches(ex, mistake, outcome):
     """True when the mistake, run on the failing input, gives exactly your (wrong) outputs."""
-    import copy
-
     try:
         out = quietly(mistake, *copy.deepcopy(outcome.args))
     except Exception:

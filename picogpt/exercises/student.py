@@ -19,7 +19,7 @@ import json
 import os
 import re
 
-from ..backend import PicoGPTError
+from ..errors import PicoGPTError
 from ..files import atomic_open
 
 CODE_STUB = 'raise NotImplementedError("your code here")'
