@@ -370,13 +370,16 @@ class GPT2:
         if used > self.config.n_ctx:
             raise PicoGPTError(f"{used} positions exceed the model's context of {self.config.n_ctx} tokens.")
 
-    def forward(self, ids, kv=None):
-        """ids int (B, T) -> logits (B, T, V) on the model's device (T + cached <= n_ctx)."""
+    def forward(self, ids, kv=None, head=True):
+        """ids int (B, T) -> logits (B, T, V) on the model's device (T + cached <= n_ctx).
+
+        head=False returns the final hidden states (B, T, C) (after ln_f) instead, for callers
+        that need the LM head on a few rows only (picogpt.score)."""
         ids = self._ids(ids)
         self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
         if kv is not None and kv.length + ids.shape[1] > kv.max_len:
             raise PicoGPTError(f"the KV cache holds {kv.max_len} positions; {kv.length} are used and {ids.shape[1]} more do not fit.")
-        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale, keep_caches=False)[0]
+        return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale, head=head, keep_caches=False)[0]
 
     __call__ = forward
 
