@@ -22,6 +22,14 @@ dict `ranks: bytes -> int` serves as both the merge table and the vocabulary.
 
 `picogpt.tokenizer` is the fast path (tiktoken, in Rust); this module gives the same ids and is
 for reading, tracing and training small vocabularies.
+
+"The same ids" holds for text whose characters both regular-expression engines classify alike
+(letter, number, space or other): the pre-tokeniser here runs on the `regex` package, tiktoken on
+its own Rust engine, and each carries its own Unicode tables. For the newest characters the two
+can differ: with regex 2026.11 (Unicode 17.0) and tiktoken 0.14 (Unicode 16.0), U+3D000 is a
+letter to one and unassigned to the other, so "\U0003d000's" splits in two places. A check over
+every code point (tests/test_bpe.py::test_which_characters_agree) finds them agreeing on every
+character that Python's own `unicodedata` assigns; the tests promise equality for those.
 """
 
 import heapq

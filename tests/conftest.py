@@ -1,9 +1,17 @@
 """Shared test setup: hypothesis profiles, the `xp` fixture, and skipping GPU tests without a GPU.
 
-Hypothesis profiles, chosen with the environment variable HYPOTHESIS_PROFILE (default "ci"):
-    ci        25 examples per property, no deadline (shared CI machines have noisy timings)
+Hypothesis profiles, chosen with the environment variable HYPOTHESIS_PROFILE; without it "ci"
+where the environment variable CI is true (CI services set CI=true), "default" elsewhere:
+    default   25 examples per property, no deadline (shared machines have noisy timings); fresh
+              random examples each run, and failures are replayed from .hypothesis/ until fixed
+    ci        the same 25 examples, but derandomized (the same examples on every run) and with no
+              example database, so a CI run never depends on what an earlier run found
     dev       10 examples, for a quick run while editing
     thorough  300 examples, for a run before a release or after touching a backward
+
+Fixtures shared by several files: `reference` (transformers' and torch's numbers for the tiny
+model, tests/fixtures/reference.npz), `device` ("cpu", and "gpu" marked `gpu`), `xp` (the same
+for array modules), `text` (a few KB of word salad to train on). Plain helpers are in helpers.py.
 
 Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason,
 wherever picogpt.backend.gpu_available() is False: no CuPy, or CuPy without a CUDA device.
@@ -23,14 +31,17 @@ if os.environ.get("PICOGPT_SIMULATED_GPU") == "1":  # before picogpt looks for C
 
     install()
 
+from helpers import REFERENCE, write_text  # noqa: E402 (it imports picogpt)
 from picogpt.backend import gpu_available  # noqa: E402
 
-settings.register_profile("ci", max_examples=25, deadline=None,
+settings.register_profile("default", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", settings.get_profile("default"), derandomize=True, database=None)
 settings.register_profile("dev", max_examples=10, deadline=None)
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
 
 GPU_SKIP_REASON = "needs CuPy and a CUDA GPU (picogpt.backend.gpu_available() is False here)"
 
@@ -58,3 +69,23 @@ def xp(request):
     import cupy
 
     return cupy
+
+
+@pytest.fixture(scope="session", params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+    """The device a test runs on: "cpu" always, "gpu" as well where there is a GPU (or the simulated one)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """What tests/fixtures/make_fixtures.py computed with transformers and torch for helpers.TINY:
+    logits, greedy continuations, loss and every gradient, ten AdamW steps and their learning rates."""
+    with np.load(REFERENCE) as npz:
+        return dict(npz)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    """A few KB of word salad to train on (helpers.write_text)."""
+    return write_text(tmp_path_factory.mktemp("text") / "words.txt")

@@ -1,6 +1,7 @@
 """picogpt.bpe: the BPE written out in Python gives tiktoken's ids; training a small BPE works."""
 
 import random
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -15,25 +16,44 @@ from picogpt.bpe import (
 from picogpt.tokenizer import EOT_TEXT, GPT2_PATTERN
 
 # Arbitrary Unicode, plus text built from pieces that stress the pre-tokeniser and the merges
-# (whitespace runs, contractions, combining marks, emoji sequences, CJK, the special token).
+# (whitespace runs, contractions, combining marks, emoji sequences, CJK, the special token,
+# noncharacters that no Unicode version will ever assign).
 TRICKY_CHARS = (
     " \t\n\r\x0b\x85\xa0\u2009\u2028\u3000\u200b\u200d\u0301\u0308"
     "😀🤖👍🏽🇫🇷漢字日本한국עבר٣४１²'’.,!?-()<>|aZéßΩж"
+    "\ufdd0\ufffe\uffff\U0001ffff\U0010fffe\ue000\U000f0000"
 )
 PIECES = [
     EOT_TEXT, "<|endoftext", "'s", "'ll", "'re", "  ", "\n\n", " \n ", "123", " hello", "e\u0301", "👨‍👩‍👧", "\r\n",
 ]
-any_text = st.one_of(
-    st.text(),
-    st.lists(
-        st.one_of(
-            st.text(alphabet=st.sampled_from(TRICKY_CHARS), max_size=12),
-            st.text(max_size=12),
-            st.sampled_from(PIECES),
-        ),
-        max_size=12,
-    ).map("".join),
-)
+
+
+def text_of(characters):
+    """Text from `characters`, and from the pieces above mixed with it."""
+    return st.one_of(
+        st.text(characters),
+        st.lists(
+            st.one_of(
+                st.text(alphabet=st.sampled_from(TRICKY_CHARS), max_size=12),
+                st.text(characters, max_size=12),
+                st.sampled_from(PIECES),
+            ),
+            max_size=12,
+        ).map("".join),
+    )
+
+
+# Which text gives tiktoken's ids: the promise is for characters that picogpt.bpe's `regex` and
+# tiktoken's own regex engine put in the same class (letter, number, space, other), since the
+# pre-tokeniser splits on those classes. Each library carries its own Unicode tables, and they
+# differ for the newest characters: a check over every code point (test_which_characters_agree)
+# found that the installed `regex` (Unicode 17.0) and tiktoken (16.0) disagree only on code points
+# that Python's own unicodedata (Unicode 14.0 in Python 3.11) does not assign yet -- e.g.
+# U+3D000 is a letter to `regex` and unassigned to tiktoken, so "\U0003d000's" splits
+# differently. So the property draws characters that Python's unicodedata assigns (any category
+# but Cn, unassigned, and Cs, surrogates), plus the permanent noncharacters in TRICKY_CHARS.
+assigned_text = text_of(st.characters(exclude_categories=("Cs", "Cn")))
+any_text = text_of(st.characters(exclude_categories=("Cs",)))   # every code point: round trips
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +71,38 @@ def tok():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=any_text)
+@given(text=assigned_text)
 def test_gpt2_equals_tiktoken(bpe, tok, text):
+    """The same ids for text of characters both regex engines classify alike (see assigned_text)."""
     assert bpe.encode(text) == tok.encode(text)
     assert bpe.encode_ordinary(text) == tok.encode_ordinary(text)
+
+
+def probe(c):
+    """Text around the character c that splits differently if c's class (letter, number, space,
+    other) differs: next to letters, digits, spaces, an apostrophe, punctuation, itself."""
+    return f"{c}'s a{c} 1{c} {c}1 {c}a\n'{c}. {c}{c} \t{c}"
+
+
+def test_probe_catches_a_character_of_another_class(bpe, tok):
+    """The probe below is sharp: 'x' and '1' and '.' (three classes) give three different results."""
+    shapes = {tuple(len(t) for t in map(bpe.decode_bytes, ([i] for i in tok.encode(probe(c))))) for c in "x1."}
+    assert len(shapes) == 3
+
+
+@pytest.mark.slow
+def test_which_characters_agree(bpe, tok):
+    """Every code point, in text that shows its class: the two libraries disagree only on code
+    points unassigned in Python's unicodedata, which is what assigned_text leaves out.
+
+    If this fails after an upgrade of `regex`, tiktoken or Python, the listed characters are new
+    to one library's Unicode tables and not to the other's: narrow assigned_text and the promise
+    in picogpt/bpe.py's docstring accordingly."""
+    disagree = [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF
+                and bpe.encode_ordinary(probe(chr(cp))) != tok.encode_ordinary(probe(chr(cp)))]
+    assigned = [f"U+{cp:04X} ({unicodedata.category(chr(cp))})" for cp in disagree
+                if unicodedata.category(chr(cp)) != "Cn"]
+    assert not assigned, f"{len(assigned)} assigned characters split differently: {assigned[:20]}"
 
 
 @settings(max_examples=200, deadline=None)
