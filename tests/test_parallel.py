@@ -1,0 +1,164 @@
+"""Data parallelism (picogpt/parallel.py): the flat buffer, ZeRO-1's slice update, dropout per global
+row, and real MPI jobs (`mpiexec -n 2` in a subprocess) against one process with the whole batch.
+
+The MPI tests need mpi4py and an MPI (`pip install ".[mpi]"`: the MPICH wheel provides mpiexec);
+they are skipped, saying so, where mpi4py does not import. The rest is NumPy alone.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ROOT, quiet, subprocess_env, write_text
+
+from picogpt import parallel as P
+from picogpt import safetensors
+from picogpt.errors import PicoGPTError
+from picogpt.optim import AdamW, clip_grad_norm
+
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec: pip install '.[mpi]'")
+
+
+def random_params(seed=0, dtype=np.float32):
+    r = np.random.default_rng(seed)
+    shapes = {"wte.weight": (11, 4), "h.0.ln_1.weight": (4,), "h.0.attn.c_attn.weight": (4, 12),
+              "h.0.attn.c_attn.bias": (12,), "ln_f.bias": (4,)}
+    return {k: r.normal(size=s).astype(dtype) for k, s in shapes.items()}
+
+
+# --- NumPy alone ------------------------------------------------------------------------------
+
+def test_flatten_then_unflatten_gives_back_every_array_and_views_share_the_buffer():
+    params = random_params()
+    layout = P.FlatLayout.of(params, parts=3)
+    buf = layout.flatten(params)
+    assert layout.size == sum(a.size for a in params.values()) and layout.padded % 3 == 0
+    assert buf.shape == (layout.padded,) and not buf[layout.size:].any()     # the padding is zeros
+    views = P.unflatten(buf, params)
+    for k, a in params.items():
+        assert views[k].shape == a.shape and np.array_equal(views[k], a)
+    views["h.0.attn.c_attn.bias"][3] = 42.0                                  # a view writes the buffer
+    assert buf[layout.offsets["h.0.attn.c_attn.bias"] + 3] == 42.0
+    assert np.array_equal(P.flatten(params, ["ln_f.bias", "wte.weight"])[:4], params["ln_f.bias"])
+    slices = [layout.shard(r) for r in range(3)]
+    assert slices[0].start == 0 and slices[-1].stop == layout.padded
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+
+
+@pytest.mark.parametrize("cuts", [(0, 50, 200), (0, 7, 61, 100)])
+def test_adamw_on_any_slices_of_the_flat_buffer_equals_adamw_per_tensor_exactly(cuts):
+    """ZeRO-1 cuts the flat buffer anywhere, even inside a tensor; each number's update is the same."""
+    params, names = random_params(1), None
+    grads = [{k: g.astype(np.float32) for k, g in random_params(s).items()} for s in (2, 3, 4)]
+    layout = P.FlatLayout.of(params)
+    cuts = list(cuts) + [layout.size]
+    ref, opt = {k: a.copy() for k, a in params.items()}, AdamW(params, names, weight_decay=0.1)
+    flat = layout.flatten(params)
+    m, v = np.zeros_like(flat), np.zeros_like(flat)
+    decay = layout.mask(k for k in params if params[k].ndim >= 2)
+    for t, g in enumerate(grads, start=1):
+        lr = 1e-2 / t
+        opt.step(ref, g, lr)
+        gflat = layout.flatten(g)
+        for a, b in zip(cuts, cuts[1:]):
+            P.adamw_update(flat[a:b], gflat[a:b], m[a:b], v[a:b], lr, t, 0.1, (0.9, 0.95), 1e-8, decay[a:b])
+        for k, view in layout.unflatten(flat).items():
+            assert np.array_equal(view, ref[k]), (t, k)
+
+
+def test_zero_adamw_of_one_rank_equals_adamw_and_its_state_dict_is_adamws():
+    params = random_params(5)
+    ref = {k: a.copy() for k, a in params.items()}
+    opt, zero = AdamW(ref), P.ZeroAdamW(P.World(), params)
+    for s in (6, 7):
+        g = random_params(s)
+        opt.step(ref, g, 3e-3)
+        zero.step(params, P.FlatLayout.of(params).flatten(g), 3e-3)
+    for k in params:
+        assert np.array_equal(params[k], ref[k]), k
+    (za, zs), (oa, os_) = zero.state_dict(), opt.state_dict()
+    assert zs == os_ and set(za) == set(oa) and all(np.array_equal(za[k], oa[k]) for k in oa)
+    again = P.ZeroAdamW(P.World(), params)
+    again.load_state_dict(oa, os_)
+    assert again.t == 2 and np.array_equal(again.m, zero.m) and np.array_equal(again.v, zero.v)
+    assert zero.nbytes() == P.adamw_nbytes(params, list(params)) + 2 * 4 * (zero.layout.padded - zero.layout.size)
+
+
+def test_gradient_sum_weights_micro_batches_by_their_token_counts():
+    params = random_params()
+    layout = P.FlatLayout.of(params)
+    g1, g2 = random_params(1), random_params(2)
+    acc = P.GradientSum(layout, np, np.float32)
+    acc.add(g1, 2.0, 3)
+    acc.add(g2, 4.0, 1)
+    loss, count, grad = acc.reduce(P.World())
+    assert count == 4 and loss == pytest.approx((2.0 * 3 + 4.0 * 1) / 4)
+    for k, view in layout.unflatten(grad).items():
+        np.testing.assert_allclose(view, (3 * g1[k] + g2[k]) / 4, rtol=1e-6)
+
+
+def test_clip_part_of_one_rank_equals_clip_grad_norm():
+    g = random_params(3)
+    flat = P.flatten(g)
+    norm = P.clip_part(flat, P.World(), 0.5)
+    ref = {k: a.copy() for k, a in g.items()}
+    assert norm == pytest.approx(clip_grad_norm(ref, 0.5), rel=1e-6)
+    for k, view in P.unflatten(flat, g).items():
+        np.testing.assert_allclose(view, ref[k], rtol=1e-6)
+
+
+def test_dropout_streams_give_each_global_row_the_same_mask_however_the_batch_is_split():
+    whole = P.RowStreams(np, 0, 5, range(0, 6)).random((6, 3, 4))
+    parts = [P.RowStreams(np, 0, 5, rows).random((len(rows), 3, 4)) for rows in (range(0, 2), range(2, 3), range(3, 6))]
+    assert np.array_equal(np.concatenate(parts), whole)
+    assert not np.array_equal(whole, P.RowStreams(np, 0, 6, range(0, 6)).random((6, 3, 4)))   # another step
+    assert not np.array_equal(whole[0], whole[1])                                           # another row
+    # rank r of N takes rows (micro * N + r) * B ...: the global batch is micro-batch-major
+    w = P.World()
+    w.rank, w.size = 1, 3
+    assert list(P.my_rows(w, 2, micro=1)) == [8, 9]
+
+
+def test_a_world_of_one_process_does_nothing_and_needs_no_mpi(monkeypatch):
+    for var in P.LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    w = P.world()
+    assert (w.rank, w.size, w.local_rank, w.transport) == (0, 1, 0, "none")
+    buf = np.arange(4.0)
+    assert w.allreduce(buf) is buf and np.array_equal(w.reduce_scatter(buf), buf)
+    assert np.array_equal(w.sum([1.0, 2.0]), [1.0, 2.0]) and w.allgather_object({"a": 1}) == [{"a": 1}]
+
+
+def test_mpiexec_without_mpi4py_says_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)       # `import mpi4py` now raises ImportError
+    with pytest.raises(PicoGPTError, match=r'mpi4py is not installed: pip install "\.\[mpi\]"'):
+        P.world()
+
+
+def test_agreement_names_the_field_that_differs():
+    class TwoRanks(P.World):
+        def allgather_object(self, obj):
+            return [obj, {**obj, "config": {**obj["config"], "lr": 0.5}}]
+
+    facts = {"config": {"lr": 0.1, "steps": 3}, "data": "abc", "picogpt": P.source_fingerprint()}
+    P.check_agreement(P.World(), facts)
+    with pytest.raises(P.AllRanksError, match=r"rank 1 and rank 0 disagree on the config lr \(0\.5 vs 0\.1\)"):
+        P.check_agreement(TwoRanks(), facts)
+
+
+def test_data_fingerprint_sees_a_changed_file(tmp_path):
+    write_text(tmp_path / "a.txt")
+    before = P.data_fingerprint(tmp_path)
+    assert before == P.data_fingerprint(tmp_path)
+    with open(tmp_path / "a.txt", "a") as f:
+        f.write("more")
+    assert P.data_fingerprint(tmp_path) != before
