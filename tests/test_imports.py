@@ -22,6 +22,8 @@ LAZY = {
     ("picogpt.exercises.checker", "hypothesis.errors"): "hypothesis is optional (the `exercises` extra)",
     ("picogpt.exercises.catalog", "hypothesis"): "hypothesis is optional (the `exercises` extra)",
     ("picogpt.exercises.catalog", "hypothesis.extra"): "hypothesis is optional (the `exercises` extra)",
+    ("picogpt.parallel", "mpi4py"): "mpi4py is optional (the `mpi` extra), and importing it starts MPI: only mpiexec's ranks may",
+    ("picogpt.parallel", "cupy.cuda"): "CuPy is optional, and loading its NCCL warns where libnccl is missing: GPU ranks only",
 }
 
 
