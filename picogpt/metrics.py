@@ -26,7 +26,7 @@ from collections import Counter
 
 import numpy as np
 
-from .backend import PicoGPTError
+from .errors import PicoGPTError
 
 BLEU_MAX_ORDER = 4
 
