@@ -15,12 +15,16 @@ import numpy as np
 
 from .cli import run_command
 from .errors import PicoGPTError
-from .files import atomic_open, write_json
+from .files import atomic_open, make_folder, write_json
 from .tokenizer import get_tokenizer
 
+DEFAULT_VAL_FRACTION = 0.05
 
-def tokenize_file(path):
-    """Read a UTF-8 text file and tokenise it with GPT-2's BPE -> uint16 ids (N,)."""
+
+def tokenize_file(path, purpose="to train on"):
+    """Read a UTF-8 text file and tokenise it with GPT-2's BPE -> uint16 ids (N,).
+
+    purpose: what the text is for, in the message for an empty file ("to train on", "to score")."""
     path = Path(path)
     if not path.is_file():
         raise PicoGPTError(f"no text file at {path}.")
@@ -31,24 +35,23 @@ def tokenize_file(path):
     except OSError as e:
         raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
     if not text.strip():
-        raise PicoGPTError(f"{path} is empty: there is nothing to train on.")
+        raise PicoGPTError(f"{path} is empty: there is no text {purpose}.")
     return np.array(get_tokenizer().encode(text), dtype=np.uint16)
 
 
-def split(ids, val_fraction=0.05):
+def split(ids, val_fraction=DEFAULT_VAL_FRACTION):
     """(train, val): the last `val_fraction` of the tokens is the validation split."""
-    if not 0.0 < val_fraction < 1.0:
-        raise PicoGPTError(f"the validation fraction must be in (0, 1), got {val_fraction}.")
+    if not 0.0 < val_fraction < 1.0:  # also refuses NaN
+        raise PicoGPTError(f"the validation fraction (--val-fraction) must be between 0 and 1, got {val_fraction}.")
     n_val = max(1, int(len(ids) * val_fraction))
     return ids[:-n_val], ids[-n_val:]
 
 
-def prepare(text_file, out_dir, val_fraction=0.05):
+def prepare(text_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION):
     """Tokenise `text_file` into out_dir/{train,val}.bin and meta.json; returns the meta dict."""
     ids = tokenize_file(text_file)
     train, val = split(ids, val_fraction)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "output folder (--out)")
     for name, part in (("train", train), ("val", val)):
         with atomic_open(out / f"{name}.bin") as f:
             f.write(part.tobytes())
@@ -64,18 +67,30 @@ def load_split(data, name):
     path = Path(data) / f"{name}.bin"
     if not path.is_file():
         raise PicoGPTError(f"{path} is missing: prepare the data with `python -m picogpt.data TEXT --out {data}`.")
-    if path.stat().st_size < 2:
+    size = path.stat().st_size
+    if size < 2:
         raise PicoGPTError(f"{path} is empty: there is nothing to train on.")
+    if size % 2:  # every token is 2 bytes, so an odd size means a cut or foreign file
+        raise PicoGPTError(f"{path} has an odd number of bytes ({size:,}), so it is not a file of 2-byte token ids: "
+                           f"it was cut short or not made by picogpt.data; prepare it again with "
+                           f"`python -m picogpt.data TEXT --out {data}`.")
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def load_dataset(data, val_fraction=0.05):
-    """(train, val) token arrays from a prepared folder or directly from a text file."""
+def load_dataset(data, val_fraction=None):
+    """(train, val) token arrays from a prepared folder or directly from a text file.
+
+    val_fraction (default 0.05) splits a text file; a folder's split was fixed by picogpt.data,
+    so giving one with a folder is an error rather than silently ignored."""
     path = Path(data)
     if path.is_dir():
+        if val_fraction is not None:
+            raise PicoGPTError(f"--val-fraction applies to a text file, but {data} is a prepared folder whose split "
+                               "was fixed by `python -m picogpt.data ... --val-fraction F`: drop --val-fraction "
+                               "or prepare the folder again.")
         return load_split(path, "train"), load_split(path, "val")
     if path.is_file():
-        return split(tokenize_file(path), val_fraction)
+        return split(tokenize_file(path), DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
     raise PicoGPTError(f"no data at {data}: give a text file or a folder made by `python -m picogpt.data`.")
 
 
@@ -101,7 +116,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", help="a UTF-8 text file")
     p.add_argument("--out", default=None, help="output folder (default: data/<file name without suffix>)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="the last fraction kept for validation (default 0.05)")
+    p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help=f"the last fraction kept for validation (default {DEFAULT_VAL_FRACTION})")
     return run_command(_prepare_command, p.parse_args(argv))
 
 

@@ -31,13 +31,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 
 from .cli import clock, run_command
 from .config import HUB_MODELS, canonical_name, hub_model_names
 from .errors import PicoGPTError
-from .files import atomic_open
+from .files import advice, atomic_open
 from .paths import weights_dir
 
 DEFAULT_BASE_URL = "https://huggingface.co"
@@ -82,18 +83,28 @@ def download(name, dest_root=None, base_url=None, progress=True, force=False):
     name = hub_name(name)
     if dest_root is None:
         dest_root = weights_dir()
-    base_url = base_url or os.environ.get("PICOGPT_HUB_URL") or DEFAULT_BASE_URL
+    base_url = check_base_url(base_url or os.environ.get("PICOGPT_HUB_URL") or DEFAULT_BASE_URL)
     folder = Path(dest_root) / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PicoGPTError(f"cannot create {folder} ({e.strerror}): choose another folder with --dir or PICOGPT_WEIGHTS.") from None
+        raise PicoGPTError(f"cannot create {folder} ({e.strerror}): {advice(e)} (--dir or PICOGPT_WEIGHTS).") from None
     with requests.Session() as session:
         session.headers["User-Agent"] = "picogpt"
-        # The weights first: if they fail, the folder holds no config.json that looks complete.
+        # The weights first: if they fail, the folder holds no config.json that looks complete
+        # (and picogpt.weights does not take a folder without one for a checkpoint).
         _fetch_weights(session, name, base_url, folder, progress, force)
         _fetch_config(session, name, base_url, folder, force)
     return folder
+
+
+def check_base_url(url):
+    """The Hub's address (or a mirror's) must be an http(s) URL with a host: say so before any request."""
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PicoGPTError(f"{url!r} is not a web address: give --base-url / PICOGPT_HUB_URL like {DEFAULT_BASE_URL} "
+                           "(with http:// or https://).")
+    return url
 
 
 # --- HTTP ---------------------------------------------------------------------------------
@@ -254,7 +265,7 @@ def _stream_to_part(r, part, have, total, url, progress, label):
         raise PicoGPTError(f"the download of {url} was interrupted ({_reason(e)}) after {bar.done / 1e6:.1f} MB: "
                            f"run the same command again to resume, {MIRROR_HINT}.") from None
     except OSError as e:
-        raise PicoGPTError(f"cannot write {part} ({e.strerror}): free some disk space or choose another folder with --dir.") from None
+        raise PicoGPTError(f"cannot write {part} ({e.strerror}): {advice(e)} (--dir or PICOGPT_WEIGHTS).") from None
     finally:
         bar.close()
     return digest

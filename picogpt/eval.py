@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from .cli import run_command
+from .memory import check_fits, inference_bytes
 from .data import split, tokenize_file
 from .errors import PicoGPTError
 from .weights import load_model
@@ -40,9 +41,16 @@ def evaluate_ids(model, ids, context=None, stride=None, batch_size=8, progress=N
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         raise PicoGPTError("the text has fewer than 2 tokens: nothing to score.")
-    context = min(context or model.config.n_ctx, model.config.n_ctx)
+    n_ctx = model.config.n_ctx
+    if context is not None and context > n_ctx:
+        raise PicoGPTError(f"a context of {context} tokens is longer than the model's {n_ctx}: "
+                           f"give at most {n_ctx} (or leave --context out to use {n_ctx}).")
+    context = context or n_ctx
     stride = stride if stride is not None else max(1, context // 2)  # 0 is an error, not "default"
     wins = windows(len(ids), context, stride)
+    batch_size = min(batch_size, len(wins))  # a batch never holds more windows than there are
+    check_fits(inference_bytes(model.config, batch_size, context, np.dtype(model.dtype).itemsize), model.device,
+               f"scoring {batch_size} windows of {context} tokens at once", "lower --batch-size or --context")
     total, count = 0.0, 0
     for i in range(0, len(wins), batch_size):
         group = wins[i:i + batch_size]
@@ -68,11 +76,12 @@ def main(argv=None):
         epilog="examples:\n"
                "  python -m picogpt.eval --text examples/shakespeare.txt --tail 0.05     # the bundled model on its validation split\n"
                "  python -m picogpt.eval --model gpt2 --text essay.txt --stride 512")
-    p.add_argument("--model", default=None, metavar="NAME|DIR", help="gpt2, ..., a checkpoint folder (default: the bundled model)")
+    p.add_argument("--model", default=None, metavar="NAME|DIR", help="shakespeare (the bundled model, the default), gpt2, ..., or a checkpoint folder")
     p.add_argument("--text", required=True, help="a UTF-8 text file")
     p.add_argument("--tail", type=float, default=None, metavar="F",
-                   help="score only the last fraction F of the tokens (0.05 = picogpt.data's validation split)")
-    p.add_argument("--context", type=int, default=None, help="window length (default: the model's context)")
+                   help="score only the last fraction F of the tokens, 0 < F <= 1 (0.05 = picogpt.data's validation split)")
+    p.add_argument("--context", type=int, default=None,
+                   help="window length, at most the model's context (default: the model's context)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: half the context)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default=None, choices=["cpu", "gpu"], help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
@@ -84,10 +93,12 @@ def _eval_command(args):
         raise PicoGPTError(f"--context must be >= 2, got {args.context}.")
     if args.batch_size < 1:
         raise PicoGPTError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.tail is not None and not 0.0 < args.tail <= 1.0:  # also refuses NaN
+        raise PicoGPTError(f"--tail must be a fraction above 0 and at most 1 (0.05 = the last 5% of the tokens), got {args.tail}.")
     model = load_model(args.model, device=args.device)
-    ids = tokenize_file(args.text)
+    ids = tokenize_file(args.text, "to score")
     what = f"{args.text}: all {len(ids):,} tokens"
-    if args.tail is not None:
+    if args.tail is not None and args.tail < 1.0:
         ids = split(ids, args.tail)[1]
         what = f"{args.text}: the last {args.tail:g} = {len(ids):,} tokens"
     def progress(done, total):
@@ -96,7 +107,7 @@ def _eval_command(args):
     t0 = time.perf_counter()
     loss, n, context, stride = evaluate_ids(model, ids, args.context, args.stride, args.batch_size, progress)
     print(file=sys.stderr)
-    print(f"{what}\nmodel: {args.model or 'bundled'}; context {context}, stride {stride}; {n:,} tokens scored "
+    print(f"{what}\nmodel: {args.model or 'shakespeare (bundled)'}; context {context}, stride {stride}; {n:,} tokens scored "
           f"in {time.perf_counter() - t0:.1f} s\nloss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f}")
 
 

@@ -1,6 +1,7 @@
-"""Writing files so that nobody ever sees half of one."""
+"""Writing files so that nobody ever sees half of one, and saying why a write failed."""
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -26,10 +27,42 @@ def atomic_open(path, mode="wb"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # disk full, read-only folder, a folder where the file should be...
-        raise PicoGPTError(f"cannot write {path} ({e.strerror or e}): free some space or choose another folder.") from None
+        raise PicoGPTError(f"cannot write {path} ({e.strerror or e}): {advice(e)}.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# What to do about a failed write depends on why it failed: "free some space" helps only a full disk.
+_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose a folder on another disk",
+    errno.EDQUOT: "your disk quota is used up: free some space or choose a folder on another disk",
+    errno.EROFS: "that file system is read-only: choose a folder on a writable disk",
+    errno.EACCES: "you may not write there: choose a folder you own",
+    errno.EPERM: "you may not write there: choose a folder you own",
+    errno.EISDIR: "a folder of that name is in the way: choose another name or remove that folder",
+    errno.ENOTDIR: "part of that path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file of that name is in the way: choose another name or remove that file",
+    errno.EBUSY: "the file or device is busy (in use by another program): try again or choose another folder",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
+
+
+def advice(error):
+    """What the user can do about an OSError met while writing: a few words, chosen by its errno."""
+    return _ADVICE.get(error.errno, "choose another folder")
+
+
+def make_folder(path, what="output folder"):
+    """Create the folder `path` (and its parents) if needed; any failure -> one PicoGPTError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PicoGPTError(f"the {what} {path} is a file, not a folder: choose another path or remove that file.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PicoGPTError(f"cannot create the {what} {path} ({e.strerror or e}): {advice(e)}.") from None
+    return path
 
 
 def write_json(path, obj):

@@ -6,6 +6,7 @@ All three act on dicts keyed like `model.params`, in place, with the array modul
 import math
 
 from .backend import get_array_module
+from .errors import PicoGPTError
 
 
 def decays(param):
@@ -27,6 +28,8 @@ class AdamW:
 
     def __init__(self, params, names=None, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
         names = list(params) if names is None else list(names)
+        if not all(0.0 <= b < 1.0 for b in betas):  # b = 1 divides by 1 - b^t = 0 below
+            raise PicoGPTError(f"AdamW's betas must each be at least 0 and below 1, got {tuple(betas)}.")
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.m = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
         self.v = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}

@@ -80,10 +80,18 @@ class Tokenizer:
     def decode(self, ids):
         """Ids -> text. Bytes that are not valid UTF-8 (a token can end inside a character)
         become U+FFFD, as in tiktoken."""
-        return self.encoding.decode([int(i) for i in ids])
+        return self.encoding.decode(self._checked(ids))
 
     def decode_bytes(self, ids):
-        return self.encoding.decode_bytes([int(i) for i in ids])
+        return self.encoding.decode_bytes(self._checked(ids))
+
+    def _checked(self, ids):
+        """ids as Python ints, each one a token of this vocabulary (tiktoken would raise KeyError)."""
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.n_vocab), None)
+        if bad is not None:
+            raise PicoGPTError(f"cannot decode token id {bad}: GPT-2's ids run from 0 to {self.n_vocab - 1}.")
+        return ids
 
     def stream_decoder(self):
         """A function ids -> the text they complete, for printing tokens as they come.

@@ -12,7 +12,11 @@ The output folder holds
   checkpoint.safetensors   parameters being trained, AdamW's moments, the step, both configs
   config.json + model.safetensors   the model, ready for `python -m picogpt.generate --model OUT`
   adapters.safetensors     (LoRA runs) the adapters alone
-  log.jsonl                one JSON line per logged step and per evaluation
+  log.jsonl                one JSON line per step (its own loss) and per evaluation
+
+Steps are counted from 1: "step 10" is the state after ten updates, in the progress line, in
+log.jsonl, in the checkpoint and in what `Trainer.step()` returns. The progress line's loss is
+the mean over the steps since the previous line; log.jsonl has each step's own.
 """
 
 import argparse
@@ -32,7 +36,8 @@ from .backend import asnumpy, make_rng, resolve_device, set_tf32, synchronize
 from .cli import clock, run_command
 from .config import get_config
 from .errors import PicoGPTError
-from .files import atomic_open, write_json
+from .files import atomic_open, make_folder, write_json
+from .memory import check_fits, training_bytes
 from .optim import AdamW, clip_grad_norm, lr_at
 from .weights import init_model, load_model, save_model
 
@@ -42,16 +47,16 @@ class TrainConfig:
     data: str                       # a text file, or a folder made by `python -m picogpt.data`
     out: str = "out"                # where checkpoints and logs go
     model: str = "gpt2-tiny"        # config preset for --init scratch
-    n_layer: int = None             # overrides of the preset (scratch only)
-    n_head: int = None
-    n_embd: int = None
-    init: str = "scratch"           # scratch | gpt2 | gpt2-medium | ... | a checkpoint folder
+    n_layer: int | None = None      # overrides of the preset (scratch only)
+    n_head: int | None = None
+    n_embd: int | None = None
+    init: str = "scratch"           # scratch | shakespeare | gpt2 | gpt2-medium | ... | a checkpoint folder
     steps: int = 1000
     batch_size: int = 16
-    block_size: int = None          # context of a training window (default: the model's n_ctx)
+    block_size: int | None = None   # context of a training window (default: the model's n_ctx)
     grad_accum: int = 1
     lr: float = 6e-4
-    min_lr: float = None            # default lr / 10
+    min_lr: float | None = None     # default lr / 10
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -61,19 +66,28 @@ class TrainConfig:
     eval_interval: int = 100
     eval_batches: int = 20
     log_interval: int = 10
-    save_interval: int = None       # default eval_interval
+    save_interval: int | None = None  # default eval_interval
     seed: int = 0
-    device: str = None
+    device: str | None = None
     dtype: str = "float32"
     tf32: bool = False
     lora_rank: int = 0              # > 0: freeze the base, train rank-r adapters
-    lora_alpha: float = None
-    val_fraction: float = 0.05
+    lora_alpha: float | None = None   # default: the rank (scale 1)
+    val_fraction: float | None = None  # text files only (default 0.05); a prepared folder has its split
     resume: bool = False
 
     def check(self):
+        """Refuse, in one sentence naming the flag, a setting that cannot train as the user means."""
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise PicoGPTError(f"the learning rate must be > 0, got {self.lr}.")
+        if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:  # also refuses NaN
+            raise PicoGPTError(f"--min-lr must be between 0 and --lr ({self.lr:g}): the cosine decays from --lr down "
+                               f"to it, got {self.min_lr}.")
+        for name, default in (("beta1", 0.9), ("beta2", 0.95)):
+            b = getattr(self, name)
+            if not 0.0 <= b < 1.0:  # b = 1 divides by 1 - b^t = 0; b > 1 or < 0 makes the averages diverge
+                raise PicoGPTError(f"--{name} must be at least 0 and below 1 (AdamW's moving-average factor, "
+                                   f"default {default}), got {b}.")
         for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
             if getattr(self, name) < 1:
                 raise PicoGPTError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
@@ -85,6 +99,13 @@ class TrainConfig:
             raise PicoGPTError(f"block-size must be >= 1, got {self.block_size}.")
         if self.lora_rank < 0:
             raise PicoGPTError(f"lora-rank must be >= 0, got {self.lora_rank}.")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:  # also refuses NaN
+            raise PicoGPTError(f"--lora-alpha must be > 0 (updates are scaled by alpha / rank; 0 would learn nothing), "
+                               f"got {self.lora_alpha}.")
+        if self.save_interval is not None and self.save_interval < 1:
+            raise PicoGPTError(f"--save-interval must be >= 1 step, got {self.save_interval}.")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            raise PicoGPTError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}.")
         return self
 
 
@@ -102,6 +123,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.tf32:
             set_tf32(True)
+        if not cfg.resume:
+            self._check_out_is_free()
         self.train_ids, self.val_ids = D.load_dataset(cfg.data, cfg.val_fraction)
         self.model = self._build_model()
         self.block_size = cfg.block_size or self.model.config.n_ctx
@@ -114,23 +137,47 @@ class Trainer:
         if int(self.train_ids.max()) >= V or int(self.val_ids.max()) >= V:
             raise PicoGPTError(f"the data holds GPT-2 token ids up to {int(max(self.train_ids.max(), self.val_ids.max()))}, "
                                f"but the model's vocabulary has only {V} tokens.")
+        check_fits(training_bytes(self.model.config, cfg.batch_size, self.block_size, np.dtype(self.model.dtype).itemsize),
+                   self.device, f"a micro-batch of {cfg.batch_size} x {self.block_size} tokens",
+                   "lower --batch-size and raise --grad-accum to keep the tokens per step (or lower --block-size)")
         if cfg.lora_rank:
+            self._check_lora_rank()
             self.trainable = lora_mod.add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
         else:
             self.trainable = list(self.model.params)
         self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.step_num = 0
         self.best_val = None
-        rng = np.random.default_rng([cfg.seed, 1])  # fixed evaluation batches, the same every time
-        self.eval_sets = {name: [D.get_batch(ids, cfg.batch_size, self.block_size, rng) for _ in range(cfg.eval_batches)]
-                          for name, ids in (("train", self.train_ids), ("val", self.val_ids))}
         if cfg.resume:
             self._load_checkpoint()
-        elif (self.out / "checkpoint.safetensors").is_file():
-            raise PicoGPTError(f"{self.out}/ already holds a training checkpoint: add --resume to continue it, "
-                               "or choose another --out (or delete that folder) to start over.")
 
     # --- set-up -------------------------------------------------------------------------
+    # What a run itself writes before its first checkpoint; anything else in --out belongs to someone.
+    _OWN_FILES = ("train_config.json", "log.jsonl")
+
+    def _check_out_is_free(self):
+        """A fresh run writes config.json, model.safetensors, ... into --out: never over a checkpoint
+        (that needs --resume) nor over files that are not a training run's."""
+        if self.out.exists() and not self.out.is_dir():
+            raise PicoGPTError(f"--out {self.out} is a file, not a folder: choose another --out.")
+        if (self.out / "checkpoint.safetensors").is_file():
+            raise PicoGPTError(f"{self.out}/ already holds a training checkpoint: add --resume to continue it, "
+                               "or choose another --out (or delete that folder) to start over.")
+        others = sorted(f.name for f in self.out.glob("*") if f.name not in self._OWN_FILES
+                        and ".tmp-" not in f.name) if self.out.is_dir() else []  # tmp: left by a killed save
+        if others:
+            raise PicoGPTError(f"{self.out}/ already holds files that are not a training run's (such as {others[0]}) "
+                               "and no checkpoint: choose an empty or new --out, so that nothing there is overwritten.")
+
+    def _check_lora_rank(self):
+        """An adapter A (in, r) B (r, out) of rank above min(in, out) adds numbers, not expressiveness."""
+        shapes = [self.model.params[f"h.0.{t}.weight"].shape for t in lora_mod.DEFAULT_TARGETS]
+        most = min(min(s) for s in shapes)
+        if self.cfg.lora_rank > most:
+            raise PicoGPTError(f"--lora-rank {self.cfg.lora_rank} is more than the smallest adapted projection's "
+                               f"size ({most}): a rank above min(in, out) adds nothing a full matrix cannot do; "
+                               f"give at most {most}.")
+
     def _build_model(self):
         cfg = self.cfg
         sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
@@ -153,7 +200,8 @@ class Trainer:
 
     # --- one step -----------------------------------------------------------------------
     def step(self):
-        """One optimisation step; returns a dict of what happened (loss, lr, grad norm, tokens)."""
+        """One optimisation step; returns a dict of what happened: `step` (counted from 1, as in the
+        logs: the number of updates made once this one is done), loss, lr, grad norm, tokens."""
         cfg, model = self.cfg, self.model
         xp = model.xp
         s = self.step_num
@@ -175,7 +223,7 @@ class Trainer:
             for g in grads.values():
                 g /= cfg.grad_accum
         if not math.isfinite(total):
-            return {"step": s, "loss": total}
+            return {"step": s + 1, "loss": total}
         norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip else None
         lr = self.lr(s)
         self.opt.step(model.params, grads, lr)
@@ -183,16 +231,35 @@ class Trainer:
         seconds = time.perf_counter() - t0
         self.step_num += 1
         tokens = cfg.grad_accum * cfg.batch_size * self.block_size
-        return {"step": s, "loss": total, "lr": lr, "grad_norm": norm, "tokens": tokens, "seconds": seconds}
+        return {"step": s + 1, "loss": total, "lr": lr, "grad_norm": norm, "tokens": tokens, "seconds": seconds}
 
     def evaluate(self, split="val"):
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
-        return float(np.mean([self.model.loss(x, y) for x, y in self.eval_sets[split]]))
+        return float(np.mean([self.model.loss(x, y) for x, y in self.eval_batches(split)]))
+
+    def eval_batches(self, split):
+        """The fixed evaluation batches of `split`, the same at every evaluation.
+
+        Drawn again each time from one seeded generator (train's batches first, then val's), so
+        that --eval-batches costs time, not memory."""
+        rng = np.random.default_rng([self.cfg.seed, 1])
+        n, B, T = self.cfg.eval_batches, self.cfg.batch_size, self.block_size
+        if split == "val":
+            for _ in range(n):  # step the generator past train's batches, as get_batch would
+                rng.integers(0, len(self.train_ids) - T, size=B)
+        ids = self.train_ids if split == "train" else self.val_ids
+        for _ in range(n):
+            yield D.get_batch(ids, B, T, rng)
+
+    @property
+    def eval_sets(self):
+        """{'train': [(x, y), ...], 'val': [...]}: every evaluation batch at once, for inspection."""
+        return {split: list(self.eval_batches(split)) for split in ("train", "val")}
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self):
         """Write checkpoint.safetensors (atomically), then the model for generation."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out, "output folder (--out)")
         arrays = {f"param:{k}": asnumpy(self.model.params[k]) for k in self.trainable}
         opt_arrays, opt_scalars = self.opt.state_dict()
         arrays.update({k: asnumpy(a) for k, a in opt_arrays.items()})
@@ -227,6 +294,9 @@ class Trainer:
                     raise PicoGPTError(f"{path} lacks {key!r} of shape {self.model.params[k].shape}: "
                                        "it is corrupt or from another model.")
             self.model.params[k] = xp.asarray(np.array(arrays[f"param:{k}"], dtype=self.model.dtype))  # copy: read-only mmap
+        if step > self.cfg.steps:
+            raise PicoGPTError(f"--resume: the checkpoint in {self.out}/ is at step {step}, past --steps {self.cfg.steps}: "
+                               f"give --steps above {step} to train further.")
         self.opt.load_state_dict(arrays, opt_scalars)
         self.step_num = step
         self.best_val = json.loads(meta.get("best_val", "null"))
@@ -241,6 +311,10 @@ class Trainer:
         """
         cfg = self.cfg
         save_every = cfg.save_interval or cfg.eval_interval
+        if self.step_num >= cfg.steps:
+            self.log(f"nothing to do: the run in {self.out}/ already finished its {cfg.steps} steps; "
+                     f"give a larger --steps with --resume to train further.")
+            return None
         self._prepare_out()
         self.log(f"training {self.model!r}\n  {len(self.trainable)} tensors trainable "
                  f"({sum(int(self.model.params[k].size) for k in self.trainable):,} numbers); "
@@ -251,7 +325,7 @@ class Trainer:
         with open(self.out / "log.jsonl", "a") as logf, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.step_num < cfg.steps:
                 info = self.step()
-                self._stop_unless_finite(info["loss"], info["step"] + 1, "the training loss")
+                self._stop_unless_finite(info["loss"], info["step"], "the training loss")
                 recent.append(info)
                 s = self.step_num
                 if s % cfg.log_interval == 0 or s == cfg.steps:
@@ -279,7 +353,7 @@ class Trainer:
         while saving left behind (the files under the real names are whole), and make log.jsonl
         hold exactly the steps up to where this run starts (a resumed run redoes the steps after
         its checkpoint, so their old records go)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folder(self.out, "output folder (--out)")
         for stale in self.out.glob(".*.tmp-*"):
             stale.unlink()
         write_json(self.out / "train_config.json", asdict(self.cfg))
@@ -296,16 +370,19 @@ class Trainer:
             f.writelines(kept)
 
     def _report(self, recent, logf):
+        """The progress line (the loss averaged over the steps since the last line), and one
+        log.jsonl record per step with that step's own loss."""
         cfg, s = self.cfg, self.step_num
         loss = float(np.mean([r["loss"] for r in recent]))
+        mean = f" (mean of {len(recent)} steps)" if len(recent) > 1 else ""
         secs = sum(r["seconds"] for r in recent)
         tok_s = sum(r["tokens"] for r in recent) / max(secs, 1e-9)
         left = (cfg.steps - s) * secs / len(recent)
         norm = recent[-1]["grad_norm"]
-        self.log(f"step {s:>6}/{cfg.steps} | loss {loss:.4f} | lr {recent[-1]['lr']:.2e} | "
+        self.log(f"step {s:>6}/{cfg.steps} | loss {loss:.4f}{mean} | lr {recent[-1]['lr']:.2e} | "
                  f"{'' if norm is None else f'grad norm {norm:.2f} | '}{tok_s:,.0f} tok/s | {clock(left)} left")
         for r in recent:
-            self._write(logf, {"step": r["step"] + 1, "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
+            self._write(logf, {"step": r["step"], "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
                                "tokens_per_s": r["tokens"] / max(r["seconds"], 1e-9)})
 
     @staticmethod
@@ -325,30 +402,40 @@ def train(cfg=None, log=print, **kwargs):
 
 # --- the command line ---------------------------------------------------------------------
 
-_HELP = {
-    "data": "a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin)",
-    "out": "folder for checkpoints, the final model and log.jsonl (default: out)",
-    "model": "config preset for --init scratch: gpt2-micro, gpt2-tiny, gpt2-mini, gpt2, ... (default gpt2-tiny)",
-    "init": "scratch (random init), gpt2 / gpt2-medium / ... (OpenAI's weights), or a checkpoint folder",
-    "steps": "optimisation steps in total (default 1000)",
-    "batch_size": "sequences per micro-batch (default 16)",
-    "block_size": "tokens per sequence (default: the model's context)",
-    "grad_accum": "micro-batches per step; their gradients are averaged (default 1)",
-    "lr": "peak learning rate, reached after the warmup (default 6e-4)",
-    "min_lr": "learning rate at the end of the cosine decay (default lr / 10)",
-    "warmup_steps": "steps of linear warmup (default 100)",
-    "weight_decay": "AdamW decoupled weight decay of matrices (default 0.1)",
-    "grad_clip": "clip the global gradient norm to this (default 1.0; 0 = off)",
-    "dropout": "dropout rate during training (default 0)",
-    "eval_interval": "measure train/val loss every N steps (default 100)",
-    "eval_batches": "batches per loss measurement (default 20)",
-    "log_interval": "print progress every N steps (default 10)",
-    "save_interval": "write a checkpoint every N steps (default: the eval interval)",
-    "lora_rank": "train rank-r LoRA adapters on the attention and MLP projections, base frozen (default 0 = full training)",
-    "lora_alpha": "LoRA scale numerator: updates are scaled by alpha / rank (default: rank)",
-    "resume": "continue from OUT/checkpoint.safetensors (rerun the same command with --resume)",
-    "tf32": "GPU only: let float32 matmuls use TF32 tensor cores",
-    "device": "cpu or gpu (default: $PICOGPT_DEVICE or cpu)",
+# Every flag: (type argparse converts it with, help). The types are written here, not read from
+# TrainConfig's annotations, so that `int | None` there means what it says and nothing else.
+_FLAGS = {
+    "out": (str, "folder for checkpoints, the final model and log.jsonl (default: out); a new run "
+                 "refuses a folder that holds other files"),
+    "model": (str, "config preset for --init scratch: gpt2-micro, gpt2-tiny, gpt2-mini, gpt2, ... (default gpt2-tiny)"),
+    "n_layer": (int, "layers (--init scratch only; default: the preset's)"),
+    "n_head": (int, "attention heads (--init scratch only; default: the preset's)"),
+    "n_embd": (int, "width (--init scratch only; default: the preset's)"),
+    "init": (str, "scratch (random init), shakespeare (the bundled model), gpt2 / gpt2-medium / ... "
+                  "(OpenAI's weights), or a checkpoint folder"),
+    "steps": (int, "optimisation steps in total (default 1000)"),
+    "batch_size": (int, "sequences per micro-batch (default 16)"),
+    "block_size": (int, "tokens per sequence (default: the model's context)"),
+    "grad_accum": (int, "micro-batches per step; their gradients are averaged (default 1)"),
+    "lr": (float, "peak learning rate, reached after the warmup (default 6e-4)"),
+    "min_lr": (float, "learning rate at the end of the cosine decay, 0 <= min-lr <= lr (default lr / 10)"),
+    "warmup_steps": (int, "steps of linear warmup (default 100)"),
+    "weight_decay": (float, "AdamW decoupled weight decay of matrices (default 0.1)"),
+    "beta1": (float, "AdamW's first-moment averaging factor, 0 <= beta1 < 1 (default 0.9)"),
+    "beta2": (float, "AdamW's second-moment averaging factor, 0 <= beta2 < 1 (default 0.95)"),
+    "grad_clip": (float, "clip the global gradient norm to this (default 1.0; 0 = off)"),
+    "dropout": (float, "dropout rate during training (default 0)"),
+    "eval_interval": (int, "measure train/val loss every N steps (default 100)"),
+    "eval_batches": (int, "batches per loss measurement (default 20)"),
+    "log_interval": (int, "print progress every N steps; its loss is the mean over those N steps, "
+                          "log.jsonl has each step's own (default 10)"),
+    "save_interval": (int, "write a checkpoint every N steps (default: the eval interval)"),
+    "seed": (int, "random seed of the initialisation, batches and dropout (default 0)"),
+    "lora_rank": (int, "train rank-r LoRA adapters on the attention and MLP projections, base frozen "
+                       "(default 0 = full training)"),
+    "lora_alpha": (float, "LoRA scale numerator, > 0: updates are scaled by alpha / rank (default: rank)"),
+    "val_fraction": (float, "for a text file: the last fraction kept for validation (default 0.05); "
+                            "a folder from picogpt.data has its own split"),
 }
 
 
@@ -365,22 +452,17 @@ def build_parser():
                "  python -m picogpt.train --data data/shakespeare --init gpt2 --lora-rank 8 --lr 1e-3 --steps 200\n"
                "  # pick up where a stopped run left off\n"
                "  python -m picogpt.train --data data/shakespeare --out out/shakespeare --steps 1500 --resume")
-    p.add_argument("--data", required=True, help=_HELP["data"])
-    for f in fields(TrainConfig):
-        if f.name == "data":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true", help=_HELP.get(f.name))
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            if f.name == "device":
-                p.add_argument(flag, choices=["cpu", "gpu"], default=None, help=_HELP["device"])
-            elif f.name == "dtype":
-                p.add_argument(flag, choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
-            else:
-                p.add_argument(flag, type=typ, default=f.default, help=_HELP.get(f.name, ""),
-                               metavar=f.name.upper() if f.name not in ("init", "model") else None)
+    p.add_argument("--data", required=True,
+                   help="a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin)")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for name, (typ, text) in _FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name], help=text,
+                       metavar=None if name in ("init", "model") else name.upper())
+    p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
+    p.add_argument("--tf32", action="store_true", help="GPU only: let float32 matmuls use TF32 tensor cores")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors (rerun the same command with --resume)")
     return p
 
 

@@ -28,6 +28,7 @@ from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
 from .paths import weights_dir  # noqa: F401 (also picogpt.weights.weights_dir, as before)
 
 BUNDLED = Path(__file__).parent / "assets" / "shakespeare"
+BUNDLED_NAME = "shakespeare"   # --model shakespeare / --init shakespeare: the bundled model
 _MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 
 
@@ -48,6 +49,9 @@ def read_config(folder):
         d = json.loads(path.read_text())
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
+        missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in d]
+        if missing:  # a default (768 wide...) would only fail later, blaming another field
+            raise ValueError(f"it lacks {', '.join(missing)}, which give the model's size")
         return GPT2Config.from_hf_dict(d)
     except (OSError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise PicoGPTError(f"{path} is not a valid GPT-2 config ({e}).") from None
@@ -106,13 +110,15 @@ def save_model(model, folder, dtype=None):
 
 def find_checkpoint(name):
     """A model name, alias or folder -> the folder holding it (downloading Hub models)."""
-    if name is None:
+    path = Path(name) if name is not None else None
+    # A folder wins over a name, unless it is not a checkpoint and the name is one (an empty
+    # weights/gpt2/ left by a failed download must not hide the Hub's gpt2).
+    if path is not None and path.is_dir() and ((path / "config.json").is_file() or not _is_model_name(name)):
+        return path
+    if name is None or str(name) == BUNDLED_NAME:
         if not (BUNDLED / "model.safetensors").is_file():
             raise PicoGPTError(f"the bundled model is missing from {BUNDLED}: reinstall picogpt.")
         return BUNDLED
-    path = Path(name)
-    if path.is_dir():
-        return path
     canon = canonical_name(str(name))
     if canon in HUB_MODELS:
         folder = weights_dir() / canon
@@ -121,12 +127,23 @@ def find_checkpoint(name):
         return folder
     if canon in PRESETS:
         raise PicoGPTError(f"{name!r} is a config without released weights: use picogpt.init_model({name!r}) for a randomly initialised one.")
-    raise PicoGPTError(f"unknown model {name!r}: give one of {hub_model_names()}, or a checkpoint folder.")
+    if path.exists():
+        raise PicoGPTError(f"{name} is a file: give the checkpoint folder that holds config.json and model.safetensors.")
+    if any(sep in str(name) for sep in "/\\") or str(name).startswith((".", "~")):
+        raise PicoGPTError(f"there is no folder {name}: give an existing checkpoint folder, or a model name "
+                           f"({BUNDLED_NAME}, {hub_model_names()}).")
+    raise PicoGPTError(f"unknown model {name!r}: give {BUNDLED_NAME} (the bundled model), one of {hub_model_names()}, "
+                       "or a checkpoint folder.")
+
+
+def _is_model_name(name):
+    """True for the names find_checkpoint knows without a folder: shakespeare and the Hub's."""
+    return str(name) == BUNDLED_NAME or canonical_name(str(name)) in HUB_MODELS
 
 
 def load_model(name=None, device=None, dtype="float32"):
-    """A GPT2 from a name ('gpt2', '124M', ...), a checkpoint folder, or None for the bundled
-    Shakespeare model. Hub models are downloaded into weights/ on first use."""
+    """A GPT2 from a name ('gpt2', '124M', ...), a checkpoint folder, or None (or 'shakespeare')
+    for the bundled Shakespeare model. Hub models are downloaded into weights/ on first use."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     folder = find_checkpoint(name)
