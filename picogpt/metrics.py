@@ -3,6 +3,7 @@
     bleu(hypotheses, references)          corpus BLEU, 0-100, = sacrebleu.corpus_bleu(...).score
     rouge(hypotheses, references)         ROUGE-1/2/L F1 averaged over pairs, = Google's rouge-score
     distinct_n(texts, n)                  distinct n-grams / all n-grams (diversity of generated text)
+    generation_scores(hypotheses, references)   all of the above at once, as `eval --task generate` reports
     accuracy(y_true, y_pred)              fraction of equal labels
     f1(y_true, y_pred, labels=None)       macro F1: the mean over labels of each label's F1
     confusion_matrix(y_true, y_pred, labels)   counts[true, predicted]
@@ -289,6 +290,12 @@ def distinct_n(texts, n):
         seen.update(grams)
         total += sum(grams.values())
     return len(seen) / total if total else 0.0
+
+
+def generation_scores(hypotheses, references):
+    """{"bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2"} of generated texts."""
+    scores = {"bleu": bleu(hypotheses, references), **rouge(hypotheses, references)}
+    return {**scores, "distinct1": distinct_n(hypotheses, 1), "distinct2": distinct_n(hypotheses, 2)}
 
 
 # ---------------------------------------------------------------------------------------------

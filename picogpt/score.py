@@ -150,17 +150,23 @@ def score(model, contexts, continuations, tok=None, batch_size=16, progress=None
     return Scores(logprob, np.array([len(c) for _, c in pairs], dtype=np.int64), greedy)
 
 
-def _score_positions(model, x, rows, cols, targets):
+def _score_positions(model, x, rows, cols, targets, chunk=512):
     """log p(targets[k]) at position (rows[k], cols[k]) of the batch x (B, T), and whether each
-    target is the argmax there. -> (float64 (M,), bool (M,)) on the host."""
+    target is the argmax there. -> (float64 (M,), bool (M,)) on the host.
+
+    The LM head runs on `chunk` positions at a time: (chunk, V) logits, never (M, V) at once.
+    """
     hidden = model.forward(x, head=False)                             # (B, T, C) after ln_f
     xp = get_array_module(hidden)
     h = hidden[xp.asarray(np.asarray(rows)), xp.asarray(np.asarray(cols))]   # (M, C)
-    logits = h @ model.params["wte.weight"].T                         # (M, V): the tied LM head
     target = xp.asarray(np.asarray(targets, dtype=np.int64))
-    logp = log_softmax(logits)[xp.arange(len(targets)), target]       # (M,)
-    hits = logits.argmax(axis=-1) == target
-    return asnumpy(logp).astype(np.float64), asnumpy(hits)
+    logp, hits = [], []
+    for a in range(0, len(targets), chunk):
+        logits = h[a:a + chunk] @ model.params["wte.weight"].T        # (m, V): the tied LM head
+        t = target[a:a + chunk]
+        logp.append(asnumpy(log_softmax(logits)[xp.arange(len(t)), t]).astype(np.float64))
+        hits.append(asnumpy(logits.argmax(axis=-1) == t))
+    return np.concatenate(logp), np.concatenate(hits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +224,10 @@ def choice_accuracy(model, tok, records, batch_size=16, progress=None):
       acc       fraction of records whose most probable ending is the label:
                 argmax_k log p(ending_k | context)
       acc_norm  the same with each log-probability divided by the ending's length in
-                characters, len(ending_k) (the harness's `completion_len`, which its docs call
-                byte length; the two agree for ASCII): long endings are not penalised for
-                having more tokens to pay for.
+                characters, len(ending_k) (the harness's `completion_len`; the byte length for
+                ASCII text): long endings are not penalised for having more tokens to pay for.
       n, pred, pred_norm   the number of records and each record's chosen index under both.
+    progress(done, total) counts (context, ending) pairs.
     """
     records = list(records)
     if not records:

@@ -215,3 +215,11 @@ def test_live_equal_to_sacrebleu_and_rouge_score(pairs):
         theirs = sum(scorer.score_multi(r, h)[t].fmeasure for h, r in pairs) / len(pairs)
         assert abs(ours[t] - theirs) <= 1e-6, t
 
+
+
+def test_generation_scores_gathers_every_text_metric():
+    c = CORPORA["several references each"]
+    got = M.generation_scores(c["hypotheses"], c["references"])
+    assert got["bleu"] == pytest.approx(c["bleu"]) and got["rougeL"] == pytest.approx(c["rouge"]["rougeL"])
+    assert got["distinct1"] == M.distinct_n(c["hypotheses"], 1) and got["distinct2"] == M.distinct_n(c["hypotheses"], 2)
+    assert list(got) == ["bleu", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2"]

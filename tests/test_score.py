@@ -2,6 +2,7 @@
 LAMBADA equal a brute-force loop over model.forward, and on a model whose answers are forced,
 equal the numbers worked out by hand."""
 
+import functools
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import picogpt
+import picogpt.score as S
 from picogpt.config import GPT2Config
 from picogpt.errors import PicoGPTError
 from picogpt.model import GPT2, init_params
@@ -241,3 +243,13 @@ def test_bad_inputs_get_one_sentence(tiny, tok, call):
         call(tiny, tok)
     message = str(e.value)
     assert message.endswith(".") and "\n" not in message, message
+
+
+def test_the_lm_head_in_chunks_gives_the_same_scores(tiny, monkeypatch):
+    pairs = REF["pairs"]
+    args = [p["context"] for p in pairs], [p["continuation"] for p in pairs]
+    whole = score(tiny, *args)
+    monkeypatch.setattr(S, "_score_positions", functools.partial(S._score_positions, chunk=3))
+    chunked = S.score(tiny, *args)
+    assert np.allclose(chunked.logprob, whole.logprob, rtol=0, atol=1e-5)
+    assert np.array_equal(chunked.greedy, whole.greedy)
