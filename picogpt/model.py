@@ -13,9 +13,12 @@ layout so that every projection is `x @ W + b`:
 The LM head is tied to `wte`: logits = ln_f(x) @ wte^T. LoRA adapters, when present, add
 `<name>.lora_A` (in, r) and `<name>.lora_B` (r, out) beside a projection's weight.
 
-`forward` returns the logits and the caches of every op; `backward` walks the same ops
-bottom-up, calling each op's backward with its cache.
+`forward` returns the logits and the caches of every op, by name (ForwardCache, one
+BlockCache per block); `backward` walks the same ops bottom-up, calling each op's backward
+with its cache.
 """
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,12 +31,50 @@ from .generation import generate
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
 
+@dataclass
+class BlockCache:
+    """What one block's backward needs: each op's own cache, named after the op, in forward order.
+
+    A new op in the block (an adapter, a prefix, a gate) adds a field here, set in
+    block_forward and read in block_backward by the same name.
+    """
+    ln1: tuple = None     # layernorm_forward: ln_1
+    qkv: tuple = None     # _linear: attn.c_attn (x -> [q | k | v])
+    att: tuple = None     # attention_forward: (q, k, v, softmax cache, dropped probs, dropout cache, scale)
+    proj: tuple = None    # _linear: attn.c_proj
+    drop1: tuple = None   # dropout_forward on the attention branch
+    ln2: tuple = None     # layernorm_forward: ln_2
+    fc: tuple = None      # _linear: mlp.c_fc
+    gelu: tuple = None    # gelu_forward
+    mproj: tuple = None   # _linear: mlp.c_proj
+    drop2: tuple = None   # dropout_forward on the MLP branch
+
+
+@dataclass
+class ForwardCache:
+    """What the model's backward needs, by name: the embeddings, every block, the final norm, the head.
+
+    blocks is empty when forward ran with keep_caches=False; head is None when it ran with
+    head=False (the loss then applies the head itself).
+    """
+    wte: tuple = None     # embedding_forward: token lookup
+    wpe: tuple = None     # embedding_forward: position lookup
+    drop: tuple = None    # dropout_forward on the embeddings
+    blocks: list = field(default_factory=list)   # one BlockCache per block
+    lnf: tuple = None     # layernorm_forward: ln_f
+    head: tuple = None    # linear_forward: the tied LM head x @ wte^T
+
+
 class KVCache:
     """Keys and values of every layer, preallocated for `max_len` positions.
 
     k[i], v[i]: (B, H, max_len, D). `length` positions are filled. `pad` (B,) int, or None,
     is how many left-padding positions each row has (prompts of different lengths).
     Allocating once avoids a concatenate (a copy of the whole cache) at every step.
+
+    One forward step: every layer calls `append(layer, k, v)`, which writes its T new keys and
+    values after the `length` filled ones; then `advance(T)` counts them as filled. Until
+    then every layer of the step sees the same `length`.
     """
 
     def __init__(self, config, batch, max_len, xp, dtype, pad=None):
@@ -45,11 +86,18 @@ class KVCache:
         self.pad = None if pad is None else xp.asarray(pad)
 
     def append(self, layer, k, v):
-        """Write k, v (B, H, T, D) at the next T positions; return the keys and values so far."""
+        """Write k, v (B, H, T, D) of `layer` at positions length .. length+T-1; return that
+        layer's keys and values so far, (B, H, length+T, D) each."""
         start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise PicoGPTError(f"the KV cache holds {self.max_len} positions; {start} are used and {k.shape[2]} more do not fit.")
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, t):
+        """Count the `t` positions every layer has just appended as filled."""
+        self.length += t
 
 
 def positions_and_mask(xp, t, start=0, pad=None):
@@ -119,58 +167,65 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0)
     """
     p, eps, H, C = f"h.{i}.", config.layer_norm_epsilon, config.n_head, config.n_embd
     drop = config.dropout if rng is not None else 0.0
-    h, c_ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)
-    qkv, c_qkv = _linear(params, p + "attn.c_attn", h, lora_scale)
+    c = BlockCache()
+    h, c.ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)
+    qkv, c.qkv = _linear(params, p + "attn.c_attn", h, lora_scale)
     q, k, v = (L.split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))
     if kv is not None:
         k, v = kv.append(i, k, v)
-    a, c_att = L.attention_forward(q, k, v, mask, drop, rng)
-    a, c_proj = _linear(params, p + "attn.c_proj", L.merge_heads(a), lora_scale)
-    a, c_d1 = L.dropout_forward(a, drop, rng)
+    a, c.att = L.attention_forward(q, k, v, mask, drop, rng)
+    a, c.proj = _linear(params, p + "attn.c_proj", L.merge_heads(a), lora_scale)
+    a, c.drop1 = L.dropout_forward(a, drop, rng)
     x, _ = L.residual_forward(x, a)
-    h, c_ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
-    h, c_fc = _linear(params, p + "mlp.c_fc", h, lora_scale)
-    h, c_gelu = L.gelu_forward(h)
-    h, c_mproj = _linear(params, p + "mlp.c_proj", h, lora_scale)
-    h, c_d2 = L.dropout_forward(h, drop, rng)
+    h, c.ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
+    h, c.fc = _linear(params, p + "mlp.c_fc", h, lora_scale)
+    h, c.gelu = L.gelu_forward(h)
+    h, c.mproj = _linear(params, p + "mlp.c_proj", h, lora_scale)
+    h, c.drop2 = L.dropout_forward(h, drop, rng)
     x, _ = L.residual_forward(x, h)
-    return x, (c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2)
+    return x, c
 
 
-def block_backward(dx, cache, i, config, grads, wanted):
-    """The block's forward read bottom-up. dx (B, T, C) -> dx (B, T, C)."""
-    c_ln1, c_qkv, c_att, c_proj, c_d1, c_ln2, c_fc, c_gelu, c_mproj, c_d2 = cache
+def block_backward(dx, c, i, config, grads, wanted):
+    """The block's forward read bottom-up. dx (B, T, C) -> dx (B, T, C); c: its BlockCache."""
     p = f"h.{i}."
     # x = x + dropout(mlp(ln_2(x)))
     dx, dh = L.residual_backward(dx)
-    dh = L.dropout_backward(dh, c_d2)
-    dh = _linear_backward(dh, c_mproj, p + "mlp.c_proj", grads, wanted)
-    dh = L.gelu_backward(dh, c_gelu)
-    dh = _linear_backward(dh, c_fc, p + "mlp.c_fc", grads, wanted)
-    dh, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = L.layernorm_backward(dh, c_ln2)
+    dh = L.dropout_backward(dh, c.drop2)
+    dh = _linear_backward(dh, c.mproj, p + "mlp.c_proj", grads, wanted)
+    dh = L.gelu_backward(dh, c.gelu)
+    dh = _linear_backward(dh, c.fc, p + "mlp.c_fc", grads, wanted)
+    dh, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = L.layernorm_backward(dh, c.ln2)
     dx = dx + dh
     # x = x + dropout(attn(ln_1(x)))
     dx, da = L.residual_backward(dx)
-    da = L.dropout_backward(da, c_d1)
-    da = L.split_heads(_linear_backward(da, c_proj, p + "attn.c_proj", grads, wanted), config.n_head)
-    dq, dk, dv = L.attention_backward(da, c_att)
+    da = L.dropout_backward(da, c.drop1)
+    da = L.split_heads(_linear_backward(da, c.proj, p + "attn.c_proj", grads, wanted), config.n_head)
+    dq, dk, dv = L.attention_backward(da, c.att)
     xp = get_array_module(dx)
     dqkv = xp.concatenate([L.merge_heads(d) for d in (dq, dk, dv)], axis=-1)
-    dh = _linear_backward(dqkv, c_qkv, p + "attn.c_attn", grads, wanted)
-    dh, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = L.layernorm_backward(dh, c_ln1)
+    dh = _linear_backward(dqkv, c.qkv, p + "attn.c_attn", grads, wanted)
+    dh, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = L.layernorm_backward(dh, c.ln1)
     return dx + dh
 
 
 def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False, head=True, keep_caches=True):
-    """GPT-2 forward. ids int (B, T) -> logits (B, T, V) and the caches for `backward`.
+    """GPT-2 forward. ids int (B, T) -> (logits (B, T, V), ForwardCache for `backward`).
 
-    kv: a KVCache to read from and append to (inference); positions then continue from
-    kv.length. rng: a random Generator, which turns dropout on (training). last_only: compute
-    the LM head for the last position only -> logits (B, V) (what generation needs).
-    head=False stops before the LM head and returns the final hidden states (B, T, C) instead
-    (the training loss applies the head itself, fused with the cross-entropy).
-    keep_caches=False drops each block's cache as soon as the block is done (inference: the
-    memory of one block, not of all); `backward` then cannot run.
+    `forward(params, config, ids)` is the whole model, as a student writes it. The keywords
+    are the paths the rest of picogpt takes through it, written down here once:
+
+    kv           a KVCache (inference): positions continue from kv.length, each layer
+                 appends its keys and values, and the cache advances by T at the end.
+    rng          a random Generator: turns dropout on (training); None: no dropout.
+    lora_scale   alpha / rank of the LoRA adapters in `params`, if any.
+    last_only    the generation step: only the last position goes through ln_f and the LM
+                 head -> logits (B, V).
+    head=False   the fused losses (loss_and_grads, loss, heads.py) apply their own head:
+                 return the final hidden states (B, T, C), after ln_f, and a cache whose
+                 `head` is None; continue the backward with `backward_hidden`.
+    keep_caches  False for inference: each block's cache is dropped as soon as the block is
+                 done (the memory of one block, not all); `backward` then cannot run.
     """
     xp = get_array_module(params["wte.weight"])
     B, T = ids.shape
@@ -179,58 +234,56 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     pos, mask = positions_and_mask(xp, T, start, pad)
     drop = config.dropout if rng is not None else 0.0
 
-    tok, c_wte = L.embedding_forward(ids, params["wte.weight"])
-    posv, c_wpe = L.embedding_forward(xp.broadcast_to(pos, (B, T)), params["wpe.weight"])
-    x, c_drop = L.dropout_forward(tok + posv, drop, rng)
-    c_blocks = []
+    caches = ForwardCache()
+    tok, caches.wte = L.embedding_forward(ids, params["wte.weight"])
+    posv, caches.wpe = L.embedding_forward(xp.broadcast_to(pos, (B, T)), params["wpe.weight"])
+    x, caches.drop = L.dropout_forward(tok + posv, drop, rng)
     for i in range(config.n_layer):
         x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale)
         if keep_caches:
-            c_blocks.append(c)
+            caches.blocks.append(c)
     if kv is not None:
-        kv.length += T
+        kv.advance(T)
     if last_only:
         x = x[:, -1:]
-    x, c_lnf = L.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
-    caches = (c_wte, c_wpe, c_drop, c_blocks, c_lnf)
+    x, caches.lnf = L.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
     if not head:
         return x, caches
-    logits, c_head = L.linear_forward(x, params["wte.weight"].T)   # tied LM head: x @ wte^T
+    logits, caches.head = L.linear_forward(x, params["wte.weight"].T)   # tied LM head: x @ wte^T
     if last_only:
         logits = logits[:, 0]
-    return logits, caches + (c_head,)
+    return logits, caches
 
 
 def backward(dlogits, caches, config, wanted=None):
-    """dlogits (B, T, V) -> grads: dict keyed like params.
+    """dlogits (B, T, V) and forward's ForwardCache -> grads: dict keyed like params.
 
     `wanted` (a set of names, default: all base parameters) limits which parameter gradients
     are computed; a frozen projection's dW = x^T dy is then skipped, not computed and thrown
     away. The tied `wte` gets the sum of its two uses: the LM head and the token lookup.
     """
-    *caches, c_head = caches
     wanted = set(param_names(config)) if wanted is None else wanted
-    dx, dWT, _ = L.linear_backward(dlogits, c_head, param_grads="wte.weight" in wanted)
+    dx, dWT, _ = L.linear_backward(dlogits, caches.head, param_grads="wte.weight" in wanted)
     return backward_hidden(dx, caches, config, wanted, None if dWT is None else dWT.T)
 
 
 def backward_hidden(dx, caches, config, wanted, dwte_head=None):
     """From the gradient of the final hidden states dx (B, T, C) down to the embeddings.
 
-    dwte_head: the LM head's share of wte's gradient (V, C), added to the lookup's share.
+    caches: forward's ForwardCache (its `head` is not used). dwte_head: the LM head's share of
+    wte's gradient (V, C), added to the lookup's share.
     """
-    c_wte, c_wpe, c_drop, c_blocks, c_lnf = caches
     grads = {}
-    dx, grads["ln_f.weight"], grads["ln_f.bias"] = L.layernorm_backward(dx, c_lnf)
+    dx, grads["ln_f.weight"], grads["ln_f.bias"] = L.layernorm_backward(dx, caches.lnf)
     for i in reversed(range(config.n_layer)):
-        dx = block_backward(dx, c_blocks[i], i, config, grads, wanted)
-    dx = L.dropout_backward(dx, c_drop)
+        dx = block_backward(dx, caches.blocks[i], i, config, grads, wanted)
+    dx = L.dropout_backward(dx, caches.drop)
     # x = wte[ids] + wpe[pos]: the add hands dx to both lookups.
     dtok, dpos = L.residual_backward(dx)
     if "wpe.weight" in wanted:
-        grads["wpe.weight"] = L.embedding_backward(dpos, c_wpe)
+        grads["wpe.weight"] = L.embedding_backward(dpos, caches.wpe)
     if "wte.weight" in wanted:
-        grads["wte.weight"] = L.embedding_backward(dtok, c_wte)
+        grads["wte.weight"] = L.embedding_backward(dtok, caches.wte)
         if dwte_head is not None:
             grads["wte.weight"] += dwte_head
     return {k: g for k, g in grads.items() if k in wanted}
@@ -377,8 +430,6 @@ class GPT2:
         that need the LM head on a few rows only (picogpt.score)."""
         ids = self._ids(ids)
         self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
-        if kv is not None and kv.length + ids.shape[1] > kv.max_len:
-            raise PicoGPTError(f"the KV cache holds {kv.max_len} positions; {kv.length} are used and {ids.shape[1]} more do not fit.")
         return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale, head=head, keep_caches=False)[0]
 
     __call__ = forward
