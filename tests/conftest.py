@@ -11,7 +11,8 @@ where the environment variable CI is true (CI services set CI=true), "default" e
 
 Fixtures shared by several files: `reference` (transformers' and torch's numbers for the tiny
 model, tests/fixtures/reference.npz), `device` ("cpu", and "gpu" marked `gpu`), `xp` (the same
-for array modules), `text` (a few KB of word salad to train on). Plain helpers are in helpers.py.
+for array modules), `text` (a few KB of word salad to train on), `gpt2_vocab_model` (a tiny
+random model with GPT-2's vocabulary, saved). Plain helpers are in helpers.py.
 
 Tests marked `gpu` (the marker is declared in pyproject.toml) are skipped, with the reason,
 wherever picogpt.backend.gpu_available() is False: no CuPy, or CuPy without a CUDA device.
@@ -32,7 +33,9 @@ if os.environ.get("PICOGPT_SIMULATED_GPU") == "1":  # before picogpt looks for C
     install()
 
 from helpers import REFERENCE, write_text  # noqa: E402 (it imports picogpt)
+import picogpt  # noqa: E402
 from picogpt.backend import gpu_available  # noqa: E402
+from picogpt.config import GPT2Config  # noqa: E402
 
 settings.register_profile("default", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -89,3 +92,12 @@ def reference():
 def text(tmp_path_factory):
     """A few KB of word salad to train on (helpers.write_text)."""
     return write_text(tmp_path_factory.mktemp("text") / "words.txt")
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab_model(tmp_path_factory):
+    """The folder of a tiny random GPT-2 with GPT-2's own vocabulary (50,257), saved by picogpt:
+    2 layers, 2 heads, 32 wide, a context of 64. For whatever goes through the tokenizer."""
+    folder = tmp_path_factory.mktemp("models") / "gpt2-vocab"
+    picogpt.save_model(picogpt.init_model(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_ctx=64), seed=0), folder)
+    return folder

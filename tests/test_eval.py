@@ -2,15 +2,12 @@
 the command prints loss and perplexity and refuses a bad stride."""
 
 import math
-import os
 import random
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, run_module
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,9 +15,6 @@ import picogpt
 from picogpt.backend import PicoGPTError
 from picogpt.config import GPT2Config
 from picogpt.eval import evaluate_ids, windows
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "fixtures" / "tiny-gpt2"  # vocab 1000, n_ctx 64
 
 
 def direct_mean_ce(model, ids):
@@ -112,15 +106,8 @@ def test_fewer_than_two_tokens_is_an_error(model):
 
 # --- the command line -----------------------------------------------------------------------
 
-def env():
-    e = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    e.pop("PICOGPT_DEVICE", None)
-    return e
-
-
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "picogpt.eval", *map(str, args)], capture_output=True, text=True,
-                          env=env(), timeout=120)
+    return run_module("picogpt.eval", *args)
 
 
 @pytest.fixture(scope="module")

@@ -1,59 +1,25 @@
 """The GPU path (CuPy) against the same references as the CPU: training, LoRA, sampling, float16.
 
 Every test here is marked `gpu` and skipped where CuPy sees no CUDA device (see conftest.py).
-The forward, generation and gradient tests of test_reference.py and test_gradients.py run on the
-GPU too, through their device / xp parameters.
+The tests that are the same on both devices are not here but parametrized over the device (conftest's
+`device` and `xp` fixtures): the forward, generation, loss and gradients against transformers
+(test_reference.py), AdamW against torch (test_optim.py), the gradient checks (test_gradients.py).
+Here are the tests that compare the two devices, or run what only a GPU has (float16, TF32).
 """
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, host, quiet, rel_err, write_text
 
 import picogpt
 from picogpt.lora import merge_lora
-from picogpt.optim import AdamW, clip_grad_norm, lr_at
 
 pytestmark = pytest.mark.gpu
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return dict(np.load(FIXTURES / "reference.npz"))
-
-
-def rel_err(a, b):
-    return float(np.abs(picogpt.asnumpy(a) - b).max() / np.abs(b).max())
-
-
-def test_loss_and_every_gradient_match_torch_on_the_gpu(ref):
-    model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
-    loss, grads = model.loss_and_grads(ref["loss_ids"], ref["loss_targets"])
-    assert abs(loss - float(ref["loss"])) <= 1e-4
-    for name, g in grads.items():
-        assert rel_err(g, ref["grad:" + name]) <= 1e-4, name
-
-
-def test_ten_adamw_steps_follow_torch_on_the_gpu(ref):
-    cfg = json.loads(str(ref["adam_config"]))
-    model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
-    opt = AdamW(model.params, weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
-    losses = []
-    for step in range(cfg["total_steps"]):
-        loss, grads = model.loss_and_grads(ref["adam_x"][step], ref["adam_y"][step])
-        clip_grad_norm(grads, cfg["grad_clip"])
-        opt.step(model.params, grads, lr_at(step, cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["total_steps"]))
-        losses.append(loss)
-    assert np.abs(np.array(losses) - ref["adam_losses"]).max() <= 1e-4
 
 
 def _text(tmp_path):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "text.txt"
-    path.write_text("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40)
-    return path
+    return write_text(tmp_path / "text.txt")
 
 
 def _trainer(tmp_path, device, **kw):
@@ -62,7 +28,7 @@ def _trainer(tmp_path, device, **kw):
     cfg = TrainConfig(data=str(_text(tmp_path)), out=str(tmp_path / f"out-{device}"), model="gpt2-micro",
                       n_embd=32, n_head=2, block_size=16, batch_size=4, steps=6, warmup_steps=2,
                       eval_interval=3, eval_batches=2, log_interval=3, device=device, seed=3, **kw)
-    return Trainer(cfg, log=lambda *a: None)
+    return Trainer(cfg, log=quiet)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -80,32 +46,32 @@ def test_the_trainer_runs_on_the_gpu_and_agrees_with_the_cpu(tmp_path, dropout):
 
 def test_lora_on_the_gpu_changes_only_the_adapters(tmp_path):
     trainer = _trainer(tmp_path, "gpu", lora_rank=4)
-    before = {k: picogpt.asnumpy(a).copy() for k, a in trainer.model.params.items()}
+    before = {k: host(a).copy() for k, a in trainer.model.params.items()}
     for _ in range(3):
         trainer.step()
     for k, a in trainer.model.params.items():
-        changed = not np.array_equal(picogpt.asnumpy(a), before[k])
+        changed = not np.array_equal(host(a), before[k])
         assert changed == k.endswith((".lora_A", ".lora_B")), k
     merged = merge_lora(trainer.model)
     ids = np.arange(12)[None] % 50
-    assert rel_err(merged.forward(ids), picogpt.asnumpy(trainer.model.forward(ids))) <= 1e-5
+    assert rel_err(merged.forward(ids), host(trainer.model.forward(ids))) <= 1e-5
 
 
 def test_a_seed_samples_the_same_tokens_on_cpu_and_gpu():
-    cpu = picogpt.load_model(FIXTURES / "tiny-gpt2")
+    cpu = picogpt.load_model(TINY)
     gpu = cpu.to("gpu")
     prompt = [[1, 2, 3, 4]]
     kw = dict(max_new_tokens=20, temperature=1.0, top_k=50, top_p=0.95, seed=123)
     assert gpu.generate(prompt, **kw).tolist() == cpu.generate(prompt, **kw).tolist()
 
 
-def test_float16_inference_on_the_gpu_is_close_to_float32(ref):
-    m32 = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
-    m16 = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu", dtype="float16")
+def test_float16_inference_on_the_gpu_is_close_to_float32(reference):
+    m32 = picogpt.load_model(TINY, device="gpu")
+    m16 = picogpt.load_model(TINY, device="gpu", dtype="float16")
     assert m16.dtype == np.float16
-    diff = np.abs(picogpt.asnumpy(m16.forward(ref["ids"])).astype(np.float32) - ref["logits"]).max()
+    diff = np.abs(host(m16.forward(reference["ids"])).astype(np.float32) - reference["logits"]).max()
     assert diff < 0.05
-    out = m16.generate(ref["greedy_prompt"], max_new_tokens=8)
+    out = m16.generate(reference["greedy_prompt"], max_new_tokens=8)
     assert out.shape == (2, 16)
 
 
@@ -114,7 +80,7 @@ def test_tf32_training_step_runs():
 
     set_tf32(True)
     try:
-        model = picogpt.load_model(FIXTURES / "tiny-gpt2", device="gpu")
+        model = picogpt.load_model(TINY, device="gpu")
         loss, grads = model.loss_and_grads(np.arange(16)[None], np.arange(1, 17)[None])
         assert np.isfinite(loss) and set(grads) == set(model.params)
     finally:
@@ -166,7 +132,7 @@ def test_training_on_the_gpu_resumes_as_if_never_stopped(tmp_path):
     rest = [resumed.step()["loss"] for _ in range(2)]
     np.testing.assert_allclose(first + rest, losses, rtol=0, atol=1e-6)
     for k, a in whole.model.params.items():
-        assert rel_err(resumed.model.params[k], picogpt.asnumpy(a)) <= 1e-5, k
+        assert rel_err(resumed.model.params[k], host(a)) <= 1e-5, k
 
 
 def test_lora_adapters_saved_from_the_gpu_load_back_onto_it(tmp_path):
@@ -179,7 +145,7 @@ def test_lora_adapters_saved_from_the_gpu_load_back_onto_it(tmp_path):
     fresh = _trainer(tmp_path / "fresh", "gpu").model
     load_adapters(fresh, path)
     ids = np.arange(12)[None] % 50
-    assert rel_err(fresh.forward(ids), picogpt.asnumpy(trainer.model.forward(ids))) <= 1e-6
+    assert rel_err(fresh.forward(ids), host(trainer.model.forward(ids))) <= 1e-6
 
 
 def test_float16_on_the_gpu_stays_close_to_float32():
@@ -187,23 +153,13 @@ def test_float16_on_the_gpu_stays_close_to_float32():
     full = picogpt.load_model(device="gpu")
     half = picogpt.load_model(device="gpu", dtype="float16")
     assert half.dtype == np.float16
-    logits32 = picogpt.asnumpy(full.forward(ids))
-    logits16 = picogpt.asnumpy(half.forward(ids)).astype(np.float32)
+    logits32 = host(full.forward(ids))
+    logits16 = host(half.forward(ids)).astype(np.float32)
     assert np.isfinite(logits16).all()
     assert rel_err(logits16, logits32) <= 2e-2
     assert (logits16.argmax(-1) == logits32.argmax(-1)).mean() >= 0.8
     out = half.generate(ids, 8)                 # the KV cache and sampling in float16 too
     assert out.shape == (len(ids) + 8,)
-
-
-def test_int8_rounding_on_the_gpu_equals_the_cpus():
-    from picogpt.quantize import quantize_model
-
-    ids = np.arange(20)[None] * 7
-    cpu = quantize_model(picogpt.load_model(), include_wte=True)
-    gpu = quantize_model(picogpt.load_model(device="gpu"), include_wte=True)
-    assert gpu.device == "gpu"
-    assert rel_err(gpu.forward(ids), picogpt.asnumpy(cpu.forward(ids))) <= 1e-5
 
 
 def test_tf32_training_on_the_gpu_stays_close_to_float32(tmp_path):

@@ -3,11 +3,9 @@
 (LoRA gradients against finite differences are in tests/test_gradients.py.)
 """
 
-import random
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import TINY, host, quiet
 
 import picogpt
 from picogpt import lora as lora_mod
@@ -16,18 +14,6 @@ from picogpt.backend import PicoGPTError
 from picogpt.config import GPT2Config
 from picogpt.optim import AdamW, clip_grad_norm
 from picogpt.train import TrainConfig, Trainer
-
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY = FIXTURES / "tiny-gpt2"  # vocab 1000, n_ctx 64, 2 layers, 64 wide
-
-
-def quiet(*_a, **_kw):
-    pass
-
-
-def np_(a):
-    return picogpt.asnumpy(a)
-
 
 @pytest.fixture()
 def model():
@@ -51,7 +37,7 @@ def train_adapters(model, names, steps=4, lr=1e-2):
 
 def test_add_lora_names_shapes_and_starts_at_the_base_model(model):
     x, _ = batch()
-    base_logits = np_(model.forward(x))
+    base_logits = host(model.forward(x))
     names = lora_mod.add_lora(model, rank=4, seed=0)
     C = model.config.n_embd
     assert len(names) == 2 * 4 * model.config.n_layer
@@ -62,40 +48,40 @@ def test_add_lora_names_shapes_and_starts_at_the_base_model(model):
     assert sorted(lora_mod.lora_names(model.params)) == sorted(names)
     assert model.lora_scale == 1.0
     # B = 0, so the adapted model starts exactly where the base is.
-    np.testing.assert_array_equal(np_(model.forward(x)), base_logits)
+    np.testing.assert_array_equal(host(model.forward(x)), base_logits)
 
 
 def test_only_adapter_parameters_change(model):
-    base = {k: np_(a).copy() for k, a in model.params.items()}
+    base = {k: host(a).copy() for k, a in model.params.items()}
     names = lora_mod.add_lora(model, rank=4, alpha=8, seed=0)
-    start = {k: np_(model.params[k]).copy() for k in names}
+    start = {k: host(model.params[k]).copy() for k in names}
     train_adapters(model, names)
     for k, a in base.items():
-        np.testing.assert_array_equal(np_(model.params[k]), a, err_msg=f"base parameter {k} changed")
+        np.testing.assert_array_equal(host(model.params[k]), a, err_msg=f"base parameter {k} changed")
     for k in names:
-        assert not np.array_equal(np_(model.params[k]), start[k]), f"adapter {k} did not train"
+        assert not np.array_equal(host(model.params[k]), start[k]), f"adapter {k} did not train"
 
 
 def test_merged_model_gives_the_adapted_models_logits(model):
     names = lora_mod.add_lora(model, rank=4, alpha=16, seed=1)   # scale 4, to make the adapters count
     train_adapters(model, names)
     x, _ = batch(7, B=3, T=20)
-    adapted = np_(model.forward(x))
+    adapted = host(model.forward(x))
     merged = lora_mod.merge_lora(model)
     assert not lora_mod.lora_names(merged.params)
     assert set(merged.params) == set(picogpt.load_model(TINY).params)
-    base = np_(picogpt.load_model(TINY).forward(x))
+    base = host(picogpt.load_model(TINY).forward(x))
     assert np.abs(adapted - base).max() > 1e-3                  # the adapters really do something
-    assert np.abs(np_(merged.forward(x)) - adapted).max() <= 1e-5
+    assert np.abs(host(merged.forward(x)) - adapted).max() <= 1e-5
     # merging leaves the adapted model as it was
-    np.testing.assert_array_equal(np_(model.forward(x)), adapted)
+    np.testing.assert_array_equal(host(model.forward(x)), adapted)
 
 
 def test_save_and_load_adapters_round_trip(model, tmp_path):
     names = lora_mod.add_lora(model, rank=2, alpha=6, seed=0)
     train_adapters(model, names, steps=2)
     x, _ = batch(3)
-    adapted = np_(model.forward(x))
+    adapted = host(model.forward(x))
     path = lora_mod.save_adapters(model, tmp_path / "adapters.safetensors")
     assert set(safetensors.load(path)) == set(names)          # the adapters alone, no base weights
     fresh = picogpt.load_model(TINY)
@@ -103,8 +89,8 @@ def test_save_and_load_adapters_round_trip(model, tmp_path):
     assert fresh.lora_scale == model.lora_scale == 3.0
     assert fresh.lora["rank"] == 2
     for k in names:
-        np.testing.assert_array_equal(np_(fresh.params[k]), np_(model.params[k]))
-    np.testing.assert_array_equal(np_(fresh.forward(x)), adapted)
+        np.testing.assert_array_equal(host(fresh.params[k]), host(model.params[k]))
+    np.testing.assert_array_equal(host(fresh.forward(x)), adapted)
     # loaded adapters can be trained further (they are ordinary writable arrays)
     train_adapters(fresh, names, steps=1)
     with pytest.raises(PicoGPTError, match="already has"):
@@ -142,40 +128,22 @@ def test_targets_limit_where_adapters_go(model):
 
 # --- through the Trainer --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny model with GPT-2's vocabulary (the tokenizer-based data path needs it), saved."""
-    folder = tmp_path_factory.mktemp("base")
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_ctx=32, vocab_size=50257)
-    picogpt.save_model(picogpt.init_model(cfg, seed=3), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    r = random.Random(0)
-    words = "when shall we three meet again in thunder lightning or in rain".split()
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    path.write_text("\n".join(" ".join(r.choice(words) for _ in range(10)) for _ in range(100)))
-    return path
-
-
-def lora_cfg(text, base_dir, out, **kw):
-    return TrainConfig(**{**dict(data=str(text), out=str(out), init=str(base_dir), block_size=16, batch_size=4,
+def lora_cfg(text, gpt2_vocab_model, out, **kw):
+    return TrainConfig(**{**dict(data=str(text), out=str(out), init=str(gpt2_vocab_model), block_size=16, batch_size=4,
                                  steps=4, warmup_steps=1, lr=1e-2, eval_interval=2, eval_batches=1, log_interval=1,
                                  lora_rank=2, lora_alpha=4, device="cpu"), **kw})
 
 
-def test_lora_training_run_changes_only_adapters_and_writes_adapters_and_merged_model(text, base_dir, tmp_path):
+def test_lora_training_run_changes_only_adapters_and_writes_adapters_and_merged_model(text, gpt2_vocab_model, tmp_path):
     out = tmp_path / "out"
-    t = Trainer(lora_cfg(text, base_dir, out), log=quiet)
+    t = Trainer(lora_cfg(text, gpt2_vocab_model, out), log=quiet)
     names = sorted(t.trainable)
     assert names == sorted(lora_mod.lora_names(t.model.params))
     t.run()
-    base = picogpt.load_model(base_dir)
+    base = picogpt.load_model(gpt2_vocab_model)
     for k, a in base.params.items():
-        np.testing.assert_array_equal(np_(t.model.params[k]), np_(a), err_msg=f"base parameter {k} changed")
-    assert any(np.abs(np_(t.model.params[k])).max() > 0 for k in names if k.endswith("lora_B"))
+        np.testing.assert_array_equal(host(t.model.params[k]), host(a), err_msg=f"base parameter {k} changed")
+    assert any(np.abs(host(t.model.params[k])).max() > 0 for k in names if k.endswith("lora_B"))
 
     # The folder: adapters alone, and a merged model that load_model reads and that equals
     # base + adapters.
@@ -183,23 +151,40 @@ def test_lora_training_run_changes_only_adapters_and_writes_adapters_and_merged_
     merged = picogpt.load_model(out)
     assert not lora_mod.lora_names(merged.params)
     x = np.random.default_rng(0).integers(0, 50257, (2, 16))
-    assert np.abs(np_(merged.forward(x)) - np_(t.model.forward(x))).max() <= 1e-5
-    again = picogpt.load_model(base_dir)
+    assert np.abs(host(merged.forward(x)) - host(t.model.forward(x))).max() <= 1e-5
+    again = picogpt.load_model(gpt2_vocab_model)
     lora_mod.load_adapters(again, out / "adapters.safetensors")
-    assert np.abs(np_(again.forward(x)) - np_(t.model.forward(x))).max() <= 1e-6
+    assert np.abs(host(again.forward(x)) - host(t.model.forward(x))).max() <= 1e-6
     # The checkpoint holds only what trains (the adapters and their AdamW moments).
     ckpt = safetensors.load(out / "checkpoint.safetensors")
     assert {k for k in ckpt if k.startswith("param:")} == {f"param:{k}" for k in names}
 
 
-def test_lora_run_resumes_exactly(text, base_dir, tmp_path):
-    full = Trainer(lora_cfg(text, base_dir, tmp_path / "full"), log=quiet)
+def test_lora_run_resumes_exactly(text, gpt2_vocab_model, tmp_path):
+    full = Trainer(lora_cfg(text, gpt2_vocab_model, tmp_path / "full"), log=quiet)
     losses = [full.step()["loss"] for _ in range(4)]
-    part = Trainer(lora_cfg(text, base_dir, tmp_path / "part"), log=quiet)
+    part = Trainer(lora_cfg(text, gpt2_vocab_model, tmp_path / "part"), log=quiet)
     first = [part.step()["loss"] for _ in range(2)]
     part.save_checkpoint()
-    resumed = Trainer(lora_cfg(text, base_dir, tmp_path / "part", resume=True), log=quiet)
+    resumed = Trainer(lora_cfg(text, gpt2_vocab_model, tmp_path / "part", resume=True), log=quiet)
     rest = [resumed.step()["loss"] for _ in range(2)]
     assert first + rest == losses
     for k in full.trainable:
-        np.testing.assert_array_equal(np_(resumed.model.params[k]), np_(full.model.params[k]))
+        np.testing.assert_array_equal(host(resumed.model.params[k]), host(full.model.params[k]))
+
+
+def test_remove_lora_gives_back_the_base_model(model):
+    x, _ = batch()
+    base = {k: picogpt.asnumpy(a).copy() for k, a in model.params.items()}
+    base_logits = picogpt.asnumpy(model.forward(x))
+    names = lora_mod.add_lora(model, rank=4, alpha=16, seed=1)
+    train_adapters(model, names)
+    assert np.abs(picogpt.asnumpy(model.forward(x)) - base_logits).max() > 1e-3   # the adapters count
+    assert sorted(lora_mod.remove_lora(model)) == sorted(names)
+    assert set(model.params) == set(base) and model.lora is None and model.lora_scale == 1.0
+    for k, a in base.items():
+        np.testing.assert_array_equal(picogpt.asnumpy(model.params[k]), a, err_msg=f"base parameter {k} changed")
+    np.testing.assert_array_equal(picogpt.asnumpy(model.forward(x)), base_logits)
+    with pytest.raises(PicoGPTError, match="no LoRA adapters"):
+        lora_mod.remove_lora(model)
+    assert lora_mod.add_lora(model, rank=2) and lora_mod.lora_names(model.params)   # attachable again

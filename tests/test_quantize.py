@@ -4,25 +4,17 @@ Round-trip error within half a step per entry, one scale per output column (per 
 zero columns handled, and a quantized model that keeps every shape and dtype and loses little.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from helpers import TINY, host, rel_err
 from hypothesis.extra import numpy as hnp
 
 import picogpt
 from picogpt.backend import PicoGPTError
 from picogpt.layers import cross_entropy_forward
 from picogpt.quantize import dequantize, quantize_int8, quantize_model, quantized_names, quantized_size_bytes
-
-TINY = Path(__file__).parent / "fixtures" / "tiny-gpt2"  # vocab 1000, n_ctx 64, 2 layers, 64 wide
-
-
-def np_(a):
-    return picogpt.asnumpy(a)
-
 
 matrices = hnp.arrays(
     dtype=st.sampled_from([np.float32, np.float64]),
@@ -115,18 +107,18 @@ def test_quantize_model_keeps_shapes_and_dtypes_and_loses_little(model, include_
     names = quantized_names(model.params, include_wte)
     assert len(names) == 4 * model.config.n_layer + include_wte
     for k in model.params:
-        same = np.array_equal(np_(qm.params[k]), np_(model.params[k]))
+        same = np.array_equal(host(qm.params[k]), host(model.params[k]))
         assert same == (k not in names), k          # exactly the projection weights changed
     # each changed weight is its own int8 round trip
-    W = np_(model.params["h.0.mlp.c_fc.weight"])
-    np.testing.assert_array_equal(np_(qm.params["h.0.mlp.c_fc.weight"]), dequantize(*quantize_int8(W)))
+    W = host(model.params["h.0.mlp.c_fc.weight"])
+    np.testing.assert_array_equal(host(qm.params["h.0.mlp.c_fc.weight"]), dequantize(*quantize_int8(W)))
     # the original is untouched, and the copy shares no arrays with it
     assert all(qm.params[k] is not model.params[k] for k in model.params)
 
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (4, model.config.n_ctx + 1))
     base, quant = mean_loss(model, ids), mean_loss(qm, ids)
     assert abs(quant - base) <= 0.01 * base, (base, quant)
-    dlogit = np.abs(np_(qm.forward(ids[:, :32])) - np_(model.forward(ids[:, :32]))).max()
+    dlogit = np.abs(host(qm.forward(ids[:, :32])) - host(model.forward(ids[:, :32]))).max()
     assert 0 < dlogit < 0.25   # logits of this model span about +-3.5
 
 
@@ -143,10 +135,21 @@ def test_quantized_size(model):
 
 
 @pytest.mark.gpu
-def test_quantize_model_on_the_gpu(model):
+def test_int8_on_the_gpu_rounds_as_on_the_cpu(model):
+    """The same int8 weights and scales on both devices, and so the same logits."""
     gm = model.to("gpu")
-    qg = quantize_model(gm)
-    qc = quantize_model(model)
+    qg = quantize_model(gm, include_wte=True)
+    qc = quantize_model(model, include_wte=True)
     assert qg.device == "gpu"
     for k in qc.params:
-        np.testing.assert_allclose(np_(qg.params[k]), np_(qc.params[k]), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(host(qg.params[k]), host(qc.params[k]), rtol=1e-6, atol=1e-8)
+    ids = np.arange(20)[None] * 7 % model.config.vocab_size
+    assert rel_err(qg.forward(ids), qc.forward(ids)) <= 1e-5
+
+
+def test_quantized_model_records_which_weights_were_rounded(model):
+    assert model.quantized == ()
+    qm = quantize_model(model)
+    assert list(qm.quantized) == sorted(quantized_names(model.params)) and "wte.weight" not in qm.quantized
+    assert qm.to("cpu").quantized == qm.quantized
+    assert "wte.weight" in quantize_model(model, include_wte=True).quantized

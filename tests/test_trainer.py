@@ -1,15 +1,13 @@
-"""Training: AdamW, the schedule and clipping against torch; accumulation; determinism; and
-`python -m picogpt.train` killed mid-run and resumed, blowing up, and given bad input.
+"""The Trainer and `python -m picogpt.train`: gradient accumulation, determinism, resuming
+(in process, and after a SIGKILL mid-run), a loss that blows up, and bad input.
 
-The torch numbers come from tests/fixtures/make_fixtures.py (committed); these tests need
-neither torch nor a network. Everything trains a model of a few layers 32 wide for a few steps
-on a few kilobytes of text, so the whole file runs in well under a minute on two cores.
+Everything trains a model of a few layers 16 or 32 wide for a few steps on a few kilobytes of
+text (conftest's `text`), so the whole file runs in about a minute on two cores.
 """
 
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,52 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, assert_clean_error, quiet, rel_err, run_module, subprocess_env
 
 import picogpt
 from picogpt import data as D
 from picogpt import safetensors
 from picogpt.backend import PicoGPTError
-from picogpt.optim import AdamW, clip_grad_norm, decays, global_norm, lr_at
 from picogpt.train import TrainConfig, Trainer
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
-TINY = FIXTURES / "tiny-gpt2"           # vocab 1000, n_ctx 64, 2 layers, 64 wide (transformers' save_pretrained)
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-def write_text(path, n_lines=100, seed=0):
-    """A few KB of word salad from a small vocabulary: ~1,300 GPT-2 tokens per 100 lines."""
-    r = random.Random(seed)
-    words = ("the king queen lord love death night day sword crown heart blood fair sweet speak "
-             "come go thou thee my").split()
-    path.write_text("\n".join(" ".join(r.choice(words) for _ in range(12)) for _ in range(n_lines)) + "\n")
-    return path
-
-
-def env():
-    e = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    e.pop("PICOGPT_DEVICE", None)
-    return e
-
-
-def cli(module, *args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=env(), cwd=cwd, timeout=timeout)
-
-
-def assert_clean_error(r, *needles):
-    """Exit 2, no traceback, one line on stderr that starts with 'error:' and says what went wrong."""
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.stderr
-    assert r.stderr.rstrip("\n").endswith(errors[0]), f"the error is not the last thing said:\n{r.stderr}"
-    for needle in needles:
-        assert needle.lower() in errors[0].lower(), (needle, errors[0])
-    return errors[0]
-
 
 def read_log(path):
     """(losses, evals): step -> loss of the LAST record of each step (a resumed run appends)."""
@@ -77,21 +39,6 @@ def read_log(path):
     return losses, evals
 
 
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "words.txt")
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return dict(np.load(FIXTURES / "reference.npz"))
-
-
 def small_cfg(text, out, **kw):
     """A TrainConfig for a 2-layer, 32-wide model on 16-token windows."""
     base = dict(data=str(text), out=str(out), model="gpt2-micro", n_embd=32, block_size=16, batch_size=4,
@@ -99,99 +46,8 @@ def small_cfg(text, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def quiet(*_args, **_kw):
-    pass
 
-
-# --- against torch (fixtures) ------------------------------------------------------------
-
-def test_loss_and_every_gradient_match_torch(ref):
-    model = picogpt.load_model(TINY, device="cpu", dtype="float32")
-    loss, grads = model.loss_and_grads(ref["loss_ids"], ref["loss_targets"])
-    assert abs(loss - float(ref["loss"])) <= 1e-4 * abs(float(ref["loss"]))
-    expected = {k[len("grad:"):]: v for k, v in ref.items() if k.startswith("grad:")}
-    assert set(grads) == set(expected) == set(model.params)
-    worst = max(expected, key=lambda k: rel_err(picogpt.asnumpy(grads[k]), expected[k]))
-    assert rel_err(picogpt.asnumpy(grads[worst]), expected[worst]) <= 1e-4, worst
-    for k, g in grads.items():
-        assert g.dtype == np.float32, k
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_ten_adamw_steps_follow_torch(ref, dtype):
-    """Warmup + cosine, decoupled weight decay on matrices only, global-norm clipping: the loss
-    sequence of torch.optim.AdamW (float64) within 1e-4."""
-    cfg = json.loads(str(ref["adam_config"]))
-    model = picogpt.load_model(TINY, device="cpu", dtype=dtype)
-    opt = AdamW(model.params, weight_decay=cfg["weight_decay"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
-    losses, norms = [], []
-    for step in range(cfg["total_steps"]):
-        loss, grads = model.loss_and_grads(ref["adam_x"][step], ref["adam_y"][step])
-        norms.append(clip_grad_norm(grads, cfg["grad_clip"]))
-        opt.step(model.params, grads, lr_at(step, cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["total_steps"]))
-        losses.append(loss)
-    assert max(norms) > cfg["grad_clip"]          # clipping really happened
-    np.testing.assert_allclose(losses, ref["adam_losses"], rtol=0, atol=1e-4)
-
-
-# --- optimizer pieces --------------------------------------------------------------------
-
-def test_decays_matrices_not_biases_or_layernorm_gains():
-    model = picogpt.load_model(TINY)
-    decayed = {k for k, a in model.params.items() if decays(a)}
-    for k in model.params:
-        matrix = k in ("wte.weight", "wpe.weight") or k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-        assert (k in decayed) == matrix, k
-    assert not any(k.endswith(".bias") for k in decayed)
-    assert not any(".ln_" in k or k.startswith("ln_f") for k in decayed)
-    assert AdamW(model.params).decay == decayed
-
-
-def test_weight_decay_is_decoupled_and_skips_biases_and_gains():
-    """With a zero gradient Adam's update is 0, so only the decay acts: p * (1 - lr * wd)."""
-    model = picogpt.load_model(TINY)
-    before = {k: a.copy() for k, a in model.params.items()}
-    opt = AdamW(model.params, weight_decay=0.1)
-    opt.step(model.params, {k: np.zeros_like(a) for k, a in model.params.items()}, lr=0.5)
-    for k, a in model.params.items():
-        if a.ndim >= 2:
-            np.testing.assert_allclose(a, before[k] * (1 - 0.5 * 0.1), rtol=1e-6)
-        else:
-            np.testing.assert_array_equal(a, before[k])
-
-
-def test_adamw_first_step_is_lr_times_sign():
-    """Bias correction: after one step m_hat = g, v_hat = g^2, so the update is lr * g / (|g| + eps)."""
-    p = {"w": np.array([1.0, -2.0, 3.0]), "b": np.array([0.5])}
-    g = {"w": np.array([0.3, -0.001, 5.0]), "b": np.array([-2.0])}
-    AdamW(p, weight_decay=0.0, eps=0.0).step(p, g, lr=0.1)
-    np.testing.assert_allclose(p["w"], [0.9, -1.9, 2.9])
-    np.testing.assert_allclose(p["b"], [0.6])
-
-
-def test_lr_schedule_warms_up_linearly_then_cosine_to_min_lr():
-    lr, min_lr, warm, total = 1e-3, 1e-4, 10, 110
-    got = [lr_at(s, lr, min_lr, warm, total) for s in range(total + 5)]
-    np.testing.assert_allclose(got[:warm], lr * np.arange(1, warm + 1) / warm)       # linear, reaching lr
-    assert got[warm] == pytest.approx(lr)                                            # cosine starts at the peak
-    assert got[warm + (total - warm) // 2] == pytest.approx((lr + min_lr) / 2)      # halfway down
-    assert got[total] == pytest.approx(min_lr)                                       # ends at min_lr
-    assert all(x == pytest.approx(min_lr) for x in got[total:])                      # and stays there
-    assert all(a >= b for a, b in zip(got[warm:], got[warm + 1:]))                  # never rises after warmup
-    assert lr_at(0, lr, min_lr, 0, total) == pytest.approx(lr)                       # no warmup: starts at lr
-
-
-def test_clip_grad_norm_returns_the_norm_before_and_scales_to_max_norm():
-    g = {"a": np.array([3.0, 0.0]), "b": np.array([[0.0, 4.0]])}      # global norm 5
-    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
-    assert global_norm(g) == pytest.approx(1.0, abs=1e-6)
-    np.testing.assert_allclose(g["a"] / g["b"][0, 1], [0.75, 0.0])   # direction kept
-    g = {"a": np.array([3.0, 0.0]), "b": np.array([[0.0, 4.0]])}
-    assert clip_grad_norm(g, 10.0) == pytest.approx(5.0)
-    np.testing.assert_array_equal(g["a"], [3.0, 0.0])               # under the limit: untouched
-
-
-# --- accumulation, determinism -------------------------------------------------------------
+# --- accumulation, determinism, resuming in process ----------------------------------------
 
 def test_two_micro_batches_averaged_equal_one_batch_of_both():
     model = picogpt.load_model(TINY)
@@ -300,9 +156,10 @@ TRAIN_ARGS = ["--model", "gpt2-micro", "--n-embd", 16, "--block-size", 16, "--ba
               "--seed", 7, "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_kill_mid_run_then_resume_continues_like_an_uninterrupted_run(text, tmp_path):
     # The reference: the same command, never interrupted.
-    r = cli("picogpt.train", "--data", text, "--out", tmp_path / "ref", *TRAIN_ARGS)
+    r = run_module("picogpt.train", "--data", text, "--out", tmp_path / "ref", *TRAIN_ARGS)
     assert r.returncode == 0, r.stderr
     ref_losses, ref_evals = read_log(tmp_path / "ref" / "log.jsonl")
     assert sorted(ref_losses) == list(range(1, 25))
@@ -312,7 +169,7 @@ def test_kill_mid_run_then_resume_continues_like_an_uninterrupted_run(text, tmp_
     out = tmp_path / "run"
     log = out / "log.jsonl"
     cmd = [sys.executable, "-m", "picogpt.train", "--data", str(text), "--out", str(out), *map(str, TRAIN_ARGS)]
-    p = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and p.poll() is None:
@@ -348,7 +205,7 @@ def test_kill_mid_run_then_resume_continues_like_an_uninterrupted_run(text, tmp_
         assert f.name in real or (f.name.startswith(".") and ".tmp-" in f.name), f"unexpected file {f.name}"
 
     # Resume to the end.
-    r = cli("picogpt.train", "--data", text, "--out", out, *TRAIN_ARGS, "--resume")
+    r = run_module("picogpt.train", "--data", text, "--out", out, *TRAIN_ARGS, "--resume")
     assert r.returncode == 0, r.stderr
     assert f"at step {saved_step}" in r.stdout
     losses, evals = read_log(log)
@@ -372,7 +229,7 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp
     safetensors.save({"a": np.arange(10, dtype=np.float32)}, target, metadata={"step": "1"})
     code = ("import sys, numpy as np; from picogpt import safetensors; "
             "safetensors.save({'a': np.ones(25_000_000, np.float32)}, sys.argv[1], metadata={'step': '2'})")
-    p = subprocess.Popen([sys.executable, "-c", code, str(target)], env=env())
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], env=subprocess_env())
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and p.poll() is None:
@@ -393,7 +250,7 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp
 
 def test_nan_loss_stops_with_a_message_naming_the_step_and_keeps_the_checkpoint(text, tmp_path):
     out = tmp_path / "out"
-    r = cli("picogpt.train", "--data", text, "--out", out, "--model", "gpt2-micro", "--n-embd", 32, "--block-size", 16,
+    r = run_module("picogpt.train", "--data", text, "--out", out, "--model", "gpt2-micro", "--n-embd", 32, "--block-size", 16,
             "--batch-size", 4, "--steps", 30, "--lr", 1e6, "--grad-clip", 0, "--warmup-steps", 0,
             "--log-interval", 1, "--eval-interval", 2, "--eval-batches", 1, "--device", "cpu")
     error = assert_clean_error(r, "step", "checkpoint")
@@ -431,33 +288,33 @@ SMALL = ["--model", "gpt2-micro", "--n-embd", 32, "--block-size", 16, "--batch-s
 
 def test_empty_data_file(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    assert_clean_error(cli("picogpt.train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o", *SMALL), "empty")
+    assert_clean_error(run_module("picogpt.train", "--data", tmp_path / "empty.txt", "--out", tmp_path / "o", *SMALL), "empty")
     (tmp_path / "blank.txt").write_text("  \n\n ")
-    assert_clean_error(cli("picogpt.train", "--data", tmp_path / "blank.txt", "--out", tmp_path / "o", *SMALL), "empty")
+    assert_clean_error(run_module("picogpt.train", "--data", tmp_path / "blank.txt", "--out", tmp_path / "o", *SMALL), "empty")
 
 
 def test_data_file_too_short_for_one_window(tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be, that is the question.\n")
-    assert_clean_error(cli("picogpt.train", "--data", tmp_path / "short.txt", "--out", tmp_path / "o", *SMALL), "too few")
+    assert_clean_error(run_module("picogpt.train", "--data", tmp_path / "short.txt", "--out", tmp_path / "o", *SMALL), "too few")
 
 
 def test_missing_data(tmp_path):
-    assert_clean_error(cli("picogpt.train", "--data", tmp_path / "nothing.txt", "--out", tmp_path / "o", *SMALL), "no data")
+    assert_clean_error(run_module("picogpt.train", "--data", tmp_path / "nothing.txt", "--out", tmp_path / "o", *SMALL), "no data")
 
 
 def test_block_size_longer_than_the_models_context(text, tmp_path):
-    r = cli("picogpt.train", "--data", text, "--init", TINY, "--block-size", 128, "--out", tmp_path / "o",
+    r = run_module("picogpt.train", "--data", text, "--init", TINY, "--block-size", 128, "--out", tmp_path / "o",
             "--steps", 2, "--device", "cpu")
     assert_clean_error(r, "context", "64")
 
 
 @pytest.mark.parametrize("lr", ["0", "-1", "nan"])
 def test_learning_rate_must_be_positive(text, tmp_path, lr):
-    assert_clean_error(cli("picogpt.train", "--data", text, "--out", tmp_path / "o", *SMALL, "--lr", lr), "learning rate")
+    assert_clean_error(run_module("picogpt.train", "--data", text, "--out", tmp_path / "o", *SMALL, "--lr", lr), "learning rate")
 
 
 def test_unknown_init(text, tmp_path):
-    r = cli("picogpt.train", "--data", text, "--init", "gpt5", "--block-size", 16, "--out", tmp_path / "o", "--device", "cpu")
+    r = run_module("picogpt.train", "--data", text, "--init", "gpt5", "--block-size", 16, "--out", tmp_path / "o", "--device", "cpu")
     assert_clean_error(r, "gpt5")
 
 
@@ -479,57 +336,10 @@ def test_corrupt_checkpoint_on_resume(text, tmp_path, how):
     args = ["--data", text, "--out", out, "--model", "gpt2-micro", "--n-embd", 32, "--block-size", 16,
             "--batch-size", 4, "--steps", 4, "--warmup-steps", 2, "--eval-interval", 100, "--eval-batches", 1,
             "--log-interval", 1, "--device", "cpu", "--resume"]
-    assert_clean_error(cli("picogpt.train", *args), "checkpoint" if how != "garbage" else "corrupt")
-
-
-# --- picogpt.data --------------------------------------------------------------------------
-
-def test_data_cli_writes_train_val_and_meta(text, tmp_path):
-    out = tmp_path / "prepared"
-    r = cli("picogpt.data", text, "--out", out)
-    assert r.returncode == 0, r.stderr
-    ids = np.array(picogpt.get_tokenizer().encode(text.read_text()), dtype=np.uint16)
-    train = np.fromfile(out / "train.bin", dtype=np.uint16)
-    val = np.fromfile(out / "val.bin", dtype=np.uint16)
-    n_val = max(1, int(len(ids) * 0.05))
-    np.testing.assert_array_equal(val, ids[-n_val:])          # the LAST 5%, not a shuffled sample
-    np.testing.assert_array_equal(train, ids[:-n_val])
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["tokens"] == len(ids) and meta["train_tokens"] == len(train) and meta["val_tokens"] == n_val
-    assert meta["dtype"] == "uint16"
-    assert not [f for f in out.iterdir() if ".tmp" in f.name]
-    # A prepared folder and the text file give the trainer the same tokens.
-    for a, b in zip(D.load_dataset(out), D.load_dataset(text)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_data_cli_val_fraction(text, tmp_path):
-    r = cli("picogpt.data", text, "--out", tmp_path / "p", "--val-fraction", 0.2)
-    assert r.returncode == 0, r.stderr
-    n = len(picogpt.get_tokenizer().encode(text.read_text()))
-    assert len(np.fromfile(tmp_path / "p" / "val.bin", dtype=np.uint16)) == int(n * 0.2)
-    assert_clean_error(cli("picogpt.data", text, "--out", tmp_path / "q", "--val-fraction", 1.5), "fraction")
-
-
-def test_data_cli_empty_and_missing_files(tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    assert_clean_error(cli("picogpt.data", tmp_path / "empty.txt", "--out", tmp_path / "a"), "empty")
-    assert_clean_error(cli("picogpt.data", tmp_path / "missing.txt", "--out", tmp_path / "b"), "missing.txt")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    assert_clean_error(cli("picogpt.data", tmp_path / "latin1.txt", "--out", tmp_path / "c"), "utf-8")
-
-
-def test_get_batch_targets_are_inputs_shifted_by_one():
-    ids = np.arange(100, dtype=np.uint16)
-    x, y = D.get_batch(ids, 8, 10, np.random.default_rng(0))
-    assert x.shape == y.shape == (8, 10) and x.dtype == np.int64
-    np.testing.assert_array_equal(y, x + 1)
-    assert x.min() >= 0 and y.max() <= 99
+    assert_clean_error(run_module("picogpt.train", *args), "checkpoint" if how != "garbage" else "corrupt")
 
 
 def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
-    from picogpt.train import TrainConfig, Trainer
-
     text = tmp_path / "t.txt"
     text.write_text("It is a truth universally acknowledged, that a single man in possession. " * 30)
     cfg = dict(data=str(text), out=str(tmp_path / "out"), model="gpt2-micro", n_embd=16, n_head=2, block_size=8,
@@ -541,14 +351,3 @@ def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
     resumed.run()
     steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 2, 3, 3]  # each training step once, and the evaluations at 2 and 3
-
-
-def test_model_loss_equals_the_cross_entropy_of_the_logits(ref):
-    from picogpt.layers import cross_entropy_forward
-
-    model = picogpt.load_model(FIXTURES / "tiny-gpt2", dtype="float64")
-    x, y = ref["loss_ids"], ref["loss_targets"]
-    logits = model.forward(x)
-    expected = float(cross_entropy_forward(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))[0])
-    assert abs(model.loss(x, y) - expected) < 1e-10
-    assert abs(model.loss(x, y) - float(ref["loss"])) < 1e-6
