@@ -6,6 +6,7 @@ Model-level tests use a tiny random GPT-2 in float64 over a 128-symbol character
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,3 +372,38 @@ def test_sft_batch_loss_on_the_gpu_equals_the_cpu(model):
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-10)
     for k, g in gpu_grads.items():
         np.testing.assert_allclose(picogpt.asnumpy(g), cpu_grads[k], rtol=1e-8, atol=1e-14)
+
+
+# --- the shipped data (examples/dialogue, examples/genre) ------------------------------------------
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _plays(path):
+    return {json.loads(line)["play"] for line in path.read_text().splitlines()}
+
+
+def test_shipped_dialogue_parses_and_holds_out_whole_plays(tok):
+    val = sft.read_sft_jsonl(EXAMPLES / "dialogue" / "val.jsonl")
+    assert len(val) > 1000 and all(len(t) == 2 and t[0]["role"] != t[1]["role"] for t in val)
+    ids, mask = sft.encode_record(val[0], tok)
+    assert mask.any() and not mask[:len(tok.encode_ordinary(val[0][0]["role"]))].any()
+    train_plays, val_plays = _plays(EXAMPLES / "dialogue" / "train.jsonl"), _plays(EXAMPLES / "dialogue" / "val.jsonl")
+    assert len(val_plays) == 6 and not train_plays & val_plays
+
+
+def test_shipped_genre_data_is_labelled_and_holds_out_whole_plays():
+    _, y, labels = sft.read_classify_jsonl(EXAMPLES / "genre" / "val.jsonl")
+    assert labels == ["comedy", "history", "tragedy"] and np.bincount(y).tolist() == [200, 200, 200]
+    assert not _plays(EXAMPLES / "genre" / "train.jsonl") & _plays(EXAMPLES / "genre" / "val.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, folder", [("make_dialogue.py", "dialogue"), ("make_genre.py", "genre")])
+def test_the_builders_reproduce_the_shipped_files(tmp_path, script, folder):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(EXAMPLES / script), str(tmp_path)], check=True, capture_output=True)
+    for split in ("train", "val"):
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (EXAMPLES / folder / f"{split}.jsonl").read_bytes()
