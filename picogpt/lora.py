@@ -57,6 +57,18 @@ def add_lora(model, rank=8, alpha=None, targets=DEFAULT_TARGETS, seed=0):
     return names
 
 
+def remove_lora(model):
+    """Drop the adapters from `model`, in place: it is the base model again, its weights untouched.
+    Returns the names of the adapter parameters removed."""
+    names = lora_names(model.params)
+    if not names:
+        raise PicoGPTError("this model has no LoRA adapters to remove.")
+    for k in names:
+        del model.params[k]
+    model.lora_scale, model.lora = 1.0, None
+    return names
+
+
 def merge_lora(model):
     """A new GPT2 whose weights include the adapters (W + scale * A B) and which has none."""
     params = {k: a for k, a in model.params.items() if not k.endswith(LORA_SUFFIXES)}

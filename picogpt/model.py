@@ -371,12 +371,15 @@ class GPT2:
     targets) -> (loss, grads). Everything else is plain functions of (params, config).
     """
 
-    def __init__(self, config, params, device="cpu", lora_scale=1.0, lora=None):
+    def __init__(self, config, params, device="cpu", lora_scale=1.0, lora=None, quantized=()):
         self.config = config
         self.params = params
         self.device = device
         self.lora_scale = lora_scale  # alpha / rank of the LoRA adapters, if any are attached
         self.lora = lora              # {"rank", "alpha", "targets"} of those adapters
+        # The names of the weights picogpt.quantize.quantize_model rounded to int8 and back
+        # (a record only: they are ordinary float arrays, and the forward is the same).
+        self.quantized = tuple(quantized)
 
     @property
     def xp(self):
@@ -470,7 +473,8 @@ class GPT2:
         device = resolve_device(device or self.device)
         dtype = resolve_dtype(dtype or self.dtype, device)
         params = {k: to_device(a, device, dtype) for k, a in self.params.items()}
-        return GPT2(self.config, params, device=device, lora_scale=self.lora_scale, lora=self.lora)
+        return GPT2(self.config, params, device=device, lora_scale=self.lora_scale, lora=self.lora,
+                    quantized=self.quantized)
 
     def __repr__(self):
         c = self.config

@@ -91,7 +91,8 @@ def quantize_model(model, include_wte=False):
     Each weight W is replaced by dequantize(*quantize_int8(W)), in the model's own dtype and on
     its own device; everything else (biases, layer norms, wpe, LoRA adapters) is copied as is.
     The copy runs with the ordinary forward pass, so comparing its loss or logits with the
-    original's measures exactly what the int8 rounding costs.
+    original's measures exactly what the int8 rounding costs. Its `quantized` attribute names
+    the weights that were rounded.
     """
     names = set(quantized_names(model.params, include_wte))
     params = {}
@@ -101,9 +102,8 @@ def quantize_model(model, include_wte=False):
             params[k] = dequantize(q, scale, axis=_axis(k)).astype(a.dtype)
         else:
             params[k] = a.copy()
-    out = GPT2(model.config, params, device=model.device, lora_scale=model.lora_scale, lora=model.lora)
-    out.quantized = sorted(names)  # which weights were rounded, for the record
-    return out
+    return GPT2(model.config, params, device=model.device, lora_scale=model.lora_scale, lora=model.lora,
+                quantized=sorted(names))
 
 
 def quantized_size_bytes(model, include_wte=False):
