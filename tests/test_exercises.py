@@ -1,5 +1,6 @@
 """The classroom exercises: stubs fail, references pass, near misses fail with useful feedback,
-the command line behaves, and student notebooks carry no solution code.
+hints come one at a time, the grader cannot be fooled, the command line behaves, and student
+notebooks carry no solution code.
 
 The checker is run with few hypothesis examples here (EXAMPLES) to keep the suite fast; every
 wrong variant below already fails on the hand-picked inputs, which are always all run.
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 import picogpt.exercises as ex
-from picogpt.backend import PicoGPTError
+from picogpt.errors import PicoGPTError
 from picogpt.exercises.catalog import EXERCISES
 from picogpt.exercises.student import CODE_STUB
 
@@ -26,6 +27,7 @@ TEACHER = os.path.join(ROOT, "picogpt", "exercises", "teacher.ipynb")
 EXAMPLES = 30
 REQUIRED = ["softmax", "layernorm_forward", "layernorm_backward", "gelu_backward", "attention_forward",
             "attention_backward", "cross_entropy_backward", "top_p_filter", "adamw_step", "kv_cache_update"]
+ALL = list(EXERCISES)        # the tests below run on every exercise, those to come too
 
 sys.path.insert(0, FIXTURES)
 import make_teacher_notebook  # noqa: E402
@@ -53,12 +55,50 @@ def cli(*args):
 
 # --- the catalog and the API ---------------------------------------------------------------
 
-def test_every_required_exercise_exists_with_statement_stub_and_reference():
+def test_every_required_exercise_exists_with_statement_stub_hints_and_reference():
     assert set(REQUIRED) <= set(ex.names())
     for name in ex.names():
-        assert f"`{name}" in ex.statement(name) and "Hint" in ex.statement(name)
+        assert f"`{name}" in ex.statement(name) and f"hint {name}" in ex.statement(name)
         assert f"def {name}(" in ex.stub(name) and 'raise NotImplementedError("your code here")' in ex.stub(name)
         assert callable(ex.reference(name)) and ex.describe(name)
+        assert ex.hint_count(name) >= 2 and all(ex.hint(name, n) for n in range(1, ex.hint_count(name) + 1))
+
+
+def test_the_registry_finds_one_module_per_exercise_in_file_name_order():
+    import pkgutil
+
+    import picogpt.exercises.catalog as catalog
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(catalog.__path__) if catalog.MODULE_NAME.match(m.name))
+    assert len(modules) == len(ex.names()) >= len(REQUIRED)
+    for module, name in zip(modules, ex.names()):
+        assert module.endswith(f"_{name}")          # ex03_layernorm_backward.py holds layernorm_backward
+
+
+def test_adding_an_exercise_is_adding_a_file(tmp_path, monkeypatch):
+    import picogpt.exercises.catalog as catalog
+
+    (tmp_path / "ex99_double.py").write_text(
+        "from picogpt.exercises.catalog.ex01_softmax import EXERCISE as SOFTMAX\n"
+        "import dataclasses\n"
+        "EXERCISE = dataclasses.replace(SOFTMAX, name='double', statement='## `double` {check}')\n")
+    (tmp_path / "notes.py").write_text("raise RuntimeError('not an exercise: never imported')\n")
+    monkeypatch.setattr(catalog, "__path__", list(catalog.__path__) + [str(tmp_path)])
+    try:
+        found = catalog.discover()
+    finally:
+        sys.modules.pop("picogpt.exercises.catalog.ex99_double", None)
+    assert list(found) == ex.names() + ["double"]
+
+
+def test_exercise_fields_have_real_types():
+    import typing
+
+    from picogpt.exercises.exercise import Exercise
+
+    hints = typing.get_type_hints(Exercise)
+    assert callable not in hints.values()
+    assert typing.get_origin(hints["reference"]) is typing.get_origin(typing.Callable[..., int])
 
 
 def test_module_doctest():
@@ -75,21 +115,21 @@ def test_unknown_exercise_and_non_function_are_clear_errors():
         ex.check("softmax", 42)
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", ALL)
 def test_stub_fails_with_a_clear_message(name):
     result = ex.check(name, stub_function(name), max_examples=EXAMPLES, verbose=False)
     assert not result and isinstance(result.error, NotImplementedError)
     assert "still the stub" in result.feedback and "hint:" in result.feedback
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", ALL)
 def test_reference_passes(name, capsys):
     result = ex.check(name, ex.reference(name), max_examples=EXAMPLES)
     assert result, result.feedback
     assert result.examples > EXAMPLES and "passed" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", ALL)
 def test_one_percent_off_fails_naming_the_input_and_the_error(name):
     result = ex.check(name, scaled(ex.reference(name)), max_examples=EXAMPLES, verbose=False)
     assert not result
@@ -101,7 +141,7 @@ def test_one_percent_off_fails_naming_the_input_and_the_error(name):
     assert "hint: " in text and "wrong" not in text.split("hint: ")[1][:6]
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", ALL)
 def test_each_classic_mistake_gets_its_own_hint(name):
     for hint, mistake in EXERCISES[name].mistakes:
         result = ex.check(name, mistake, max_examples=EXAMPLES, verbose=False)
@@ -213,13 +253,96 @@ def test_tolerance_passes_rounding_but_not_small_errors():
     assert not ex.check("softmax", lambda x: ref(x) * (1 + 1e-4), max_examples=EXAMPLES, verbose=False)
 
 
-def test_the_student_cannot_change_the_reference_inputs():
+def test_a_function_that_changes_its_input_in_place_fails_even_with_the_right_output():
     def scribbles(x):
         p = ex.reference("softmax")(x)
-        x[...] = 0.0                        # writing into the input must not affect the verdict
+        x[...] = 0.0                        # the reference never sees it: only the student's copy changes
         return p
 
-    assert ex.check("softmax", scribbles, max_examples=EXAMPLES, verbose=False)
+    def stable_in_place(x):                 # right values, but the caller's logits are gone
+        x -= x.max(axis=-1, keepdims=True)
+        np.exp(x, out=x)
+        x /= x.sum(axis=-1, keepdims=True)
+        return x
+
+    for fn in (scribbles, stable_in_place):
+        result = ex.check("softmax", fn, max_examples=EXAMPLES, verbose=False)
+        assert not result and "FAILED on input 1" in result.feedback
+        assert "changed its argument 'x' in place" in result.feedback and "x.copy()" in result.feedback
+
+
+def test_only_the_arguments_an_exercise_allows_may_change():
+    def adamw_in_place(p, g, m, v, t, lr, betas, eps, weight_decay):      # allowed: p, m, v
+        new_p, new_m, new_v = ex.reference("adamw_step")(p, g, m, v, t, lr, betas, eps, weight_decay)
+        p[...], m[...], v[...] = new_p, new_m, new_v
+        return p, m, v
+
+    def adamw_clipping_g(p, g, m, v, t, lr, betas, eps, weight_decay):    # g is the caller's
+        out = ex.reference("adamw_step")(p, g, m, v, t, lr, betas, eps, weight_decay)
+        g *= 0.5
+        return out
+
+    assert ex.check("adamw_step", adamw_in_place, max_examples=EXAMPLES, verbose=False)
+    clipped = ex.check("adamw_step", adamw_clipping_g, max_examples=EXAMPLES, verbose=False)
+    assert not clipped and "changed its argument 'g' in place" in clipped.feedback
+
+    def kv_scribbling_k_new(k_cache, v_cache, k_new, v_new, length):
+        out = ex.reference("kv_cache_update")(k_cache, v_cache, k_new, v_new, length)
+        k_new[...] = 0.0
+        return out
+
+    kv = ex.check("kv_cache_update", kv_scribbling_k_new, max_examples=EXAMPLES, verbose=False)
+    assert not kv and "changed its argument 'k_new' in place" in kv.feedback
+
+
+# --- progressive hints ---------------------------------------------------------------------
+
+# What each derivation arrives at: in a later hint, never in the statement, the stub or hint 1.
+RESULTS = {
+    "layernorm_backward": "n * mean(dn * n)",
+    "gelu_backward": "3 * 0.044715 x**2",
+    "attention_backward": "dP - sum(dP * P",
+    "cross_entropy_backward": "softmax(logits) - onehot(targets)",
+    "adamw_step": "1 - b1**t",
+    "softmax": "x - max(x)",
+}
+
+
+@pytest.mark.parametrize("name, result", sorted(RESULTS.items()))
+def test_the_statement_asks_for_the_derivation_and_a_later_hint_gives_it(name, result):
+    assert result not in ex.statement(name) and result not in ex.stub(name)
+    assert result not in ex.hint(name, 1)
+    assert any(result in ex.hint(name, n) for n in range(2, ex.hint_count(name) + 1))
+
+
+def test_feedback_on_a_wrong_answer_gives_the_first_hint_not_the_result():
+    def unrelated(dout, x):
+        return dout * np.sin(x)
+
+    text = ex.check("gelu_backward", unrelated, max_examples=0, verbose=False).feedback
+    assert ex.hint("gelu_backward", 1) in text and "hint gelu_backward 2" in text
+    assert RESULTS["gelu_backward"] not in text
+
+
+def test_hints_out_of_range_are_one_sentence():
+    with pytest.raises(PicoGPTError, match="softmax has hints 1 to 3; there is no hint 4"):
+        ex.hint("softmax", 4)
+    with pytest.raises(PicoGPTError, match="no hint 0"):
+        ex.hint("softmax", 0)
+
+
+def test_cli_hint_reveals_one_more_each_time(capsys):
+    from picogpt.exercises.__main__ import main
+
+    assert main(["hint", "layernorm_backward"]) == 0
+    first = capsys.readouterr().out
+    assert ex.hint("layernorm_backward", 1) in first and ex.hint("layernorm_backward", 2) not in first
+    assert "hint layernorm_backward 2" in first
+    assert main(["hint", "layernorm_backward", "3"]) == 0
+    last = capsys.readouterr().out
+    assert all(ex.hint("layernorm_backward", n) in last for n in (1, 2, 3)) and "Still stuck" not in last
+    assert main(["hint", "layernorm_backward", "4"]) == 2
+    assert "there is no hint 4" in capsys.readouterr().err
 
 
 # --- the teacher's notebook ----------------------------------------------------------------
@@ -256,7 +379,7 @@ def test_teacher_notebook_solutions_pass_and_have_no_outputs(monkeypatch, capsys
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
             exec(_source(cell), namespace)
-    assert set(seen) == set(REQUIRED)
+    assert set(seen) == set(ALL)
 
 
 # --- make-student --------------------------------------------------------------------------
@@ -280,18 +403,18 @@ def _write(path, nb):
 def test_make_student_from_the_teacher_template(tmp_path):
     dst = tmp_path / "student.ipynb"
     summary = ex.make_student(TEACHER, str(dst))
-    assert summary["solutions"] == len(REQUIRED) and summary["hidden_tests"] == len(REQUIRED)
+    assert summary["solutions"] == len(ALL) and summary["hidden_tests"] == len(ALL)
     nb = _load(dst)
     text = "\n".join(_source(c) for c in nb["cells"])
     code = "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "code")
-    stubs = "".join(ex.stub(name) for name in REQUIRED)
+    stubs = "".join(ex.stub(name) for name in ALL)
     for answer in make_teacher_notebook.ANSWERS.values():        # no solution line survives
         for line in answer.splitlines():                        # (a docstring may quote the maths)
             assert line.strip() in stubs or line.strip() not in code, line
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "seed=1"):
         assert marker not in text
     by_id = {c["id"]: c for c in nb["cells"]}
-    for name in REQUIRED:                                         # each solution cell is exactly the stub
+    for name in ALL:                                              # each solution cell is exactly the stub
         assert _source(by_id[f"{name}-solution"]) == EXERCISES[name].stub_function.rstrip("\n")
         assert _source(by_id[f"{name}-check"]) == f'result = check("{name}", {name})'
     nbformat = pytest.importorskip("nbformat")
@@ -381,7 +504,7 @@ def test_make_student_works_without_nbformat(tmp_path, monkeypatch):
 def test_cli_list_and_show():
     listed = cli("list")
     assert listed.returncode == 0
-    for name in REQUIRED:
+    for name in ALL:
         assert name in listed.stdout
     shown = cli("show", "layernorm_backward")
     assert shown.returncode == 0
@@ -406,26 +529,94 @@ def test_cli_check_exit_codes(tmp_path):
         assert "Traceback" not in out.stderr + out.stdout
 
 
-def test_cli_check_usage_errors_in_process(tmp_path, capsys):
+def test_cli_check_usage_errors_and_files_that_do_not_run(tmp_path, capsys):
     from picogpt.exercises.__main__ import main
 
     nothing = tmp_path / "nothing.py"
     nothing.write_text("x = 1\n")
     broken = tmp_path / "broken.py"
-    broken.write_text("def softmax(x:\n")
+    broken.write_text("import numpy as np\n\ndef softmax(x:\n    return x\n")
+    raises = tmp_path / "raises.py"
+    raises.write_text("import numpy as np\n\nscale = 1 / 0\n")
     exits = tmp_path / "exits.py"
     exits.write_text("import sys\nsys.exit(3)\n")
     assert main(["check", "softmax", str(tmp_path / "missing.py")]) == 2
     assert main(["check", "softmax", str(nothing)]) == 2
-    assert main(["check", "softmax", str(broken)]) == 1
-    assert main(["check", "softmax", str(exits)]) == 1
+    assert main(["check", "softmax", str(nothing), "--timeout", "0"]) == 2
     err = capsys.readouterr().err
-    assert "no such file" in err and "defines no function called 'softmax'" in err
-    assert "SyntaxError" in err and "SystemExit: 3" in err and "Traceback" not in err
+    assert "no such file" in err and "defines no function called 'softmax'" in err and "--timeout must be" in err
+    assert main(["check", "softmax", str(broken)]) == 1
+    out = capsys.readouterr().out                    # the feedback shows the file, the line and the spot
+    assert f'File "{broken}", line 3' in out and "def softmax(x:" in out and "^" in out and "SyntaxError" in out
+    assert main(["check", "softmax", str(raises)]) == 1
+    out = capsys.readouterr().out
+    assert "line 3" in out and "scale = 1 / 0" in out and "ZeroDivisionError" in out
+    assert main(["check", "softmax", str(exits)]) == 1
+    out = capsys.readouterr().out
+    assert "SystemExit: 3" in out and "Traceback" not in out
     assert main(["stub", "softmax"]) == 0 and capsys.readouterr().out == ex.stub("softmax")
     with pytest.raises(SystemExit) as usage:
         main(["check", "softmax"])
     assert usage.value.code == 2
+
+
+# --- the grader cannot be fooled -----------------------------------------------------------
+
+GOOD_SOFTMAX = ("import numpy as np\n\ndef softmax(x):\n"
+                "    e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
+                "    return e / e.sum(axis=-1, keepdims=True)\n")
+
+
+@pytest.mark.parametrize("source, what", [
+    ("import os\nos._exit(0)\n", "exit status 0"),                                       # before any check
+    (GOOD_SOFTMAX.replace("    e = np", "    import os; os._exit(0)\n    e = np"), "exit status 0"),  # during
+    (GOOD_SOFTMAX + "import sys\nprint('softmax: passed all 67 inputs. Well done!')\nsys.stdout.flush()\n"
+     "import os\nos._exit(0)\n", "exit status 0"),                                        # a fake verdict printed
+    ("import json, os, sys\njson.dump({'nonce': 'guess', 'verdict': 'passed', 'feedback': 'passed'},"
+     " open(sys.argv[3], 'w'))\nos._exit(0)\n", "lacks this run's random nonce"),        # a forged record
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "killed by signal SIGKILL"),
+])
+def test_the_grader_needs_positive_evidence_of_a_pass(tmp_path, capsys, source, what):
+    from picogpt.exercises.__main__ import main
+
+    sub = tmp_path / "sub.py"
+    sub.write_text(source)
+    assert main(["check", "softmax", str(sub), "--examples", "5"]) == 1
+    out = capsys.readouterr()
+    assert "FAILED" in out.out and what in out.out and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("source, where", [
+    (GOOD_SOFTMAX.replace("    e = np", "    while True:\n        pass\n    e = np"),
+     "running your function on input 1 (a small 2-D input)"),
+    ("import time\nwhile True:\n    time.sleep(0.01)\n", "loading"),
+])
+@pytest.mark.slow
+def test_the_grader_times_out_and_says_where(tmp_path, source, where):
+    import time
+
+    sub = tmp_path / "loops.py"
+    sub.write_text(source)
+    start = time.monotonic()
+    out = cli("check", "softmax", str(sub), "--timeout", "6")
+    assert out.returncode == 1 and time.monotonic() - start < 60
+    assert "did not finish within 6 s (--timeout)" in out.stdout and where in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_the_grader_stops_what_the_submission_started(tmp_path):
+    """The child's own children (a busy subprocess) are stopped with it: nothing keeps running."""
+    marker = tmp_path / "still-running"
+    (tmp_path / "sleeper.py").write_text(f"import pathlib, time\ntime.sleep(6)\npathlib.Path({str(marker)!r}).touch()\n")
+    sub = tmp_path / "spawns.py"
+    sub.write_text("import os, subprocess, sys\n"
+                   "subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), 'sleeper.py')])\n"
+                   "while True:\n    pass\n")
+    out = cli("check", "softmax", str(sub), "--timeout", "3")
+    assert out.returncode == 1 and "did not finish" in out.stdout
+    import time
+    time.sleep(5)
+    assert not marker.exists()
 
 
 def test_cli_make_student_and_teacher(tmp_path):
@@ -436,7 +627,7 @@ def test_cli_make_student_and_teacher(tmp_path):
     assert _load(copy_path) == _load(TEACHER)
     assert main(["teacher", str(copy_path)]) == 2                  # never overwrites
     made = cli("make-student", str(copy_path), str(tmp_path / "student.ipynb"))
-    assert made.returncode == 0 and "10 solution regions replaced" in made.stdout
+    assert made.returncode == 0 and f"{len(ALL)} solution regions replaced" in made.stdout
     assert "BEGIN SOLUTION" not in (tmp_path / "student.ipynb").read_text()
     unbalanced = tmp_path / "unbalanced.ipynb"
     nb = copy.deepcopy(_load(copy_path))
@@ -444,3 +635,50 @@ def test_cli_make_student_and_teacher(tmp_path):
     _write(unbalanced, nb)
     refused = cli("make-student", str(unbalanced), str(tmp_path / "s2.ipynb"))
     assert refused.returncode == 2 and "cell 4" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_make_student_and_teacher_refuse_to_overwrite_unless_forced(tmp_path, capsys):
+    from picogpt.exercises.__main__ import main
+
+    course, student = tmp_path / "course.ipynb", tmp_path / "student.ipynb"
+    assert main(["teacher", str(course)]) == 0
+    student.write_text("my own notes")
+    assert main(["make-student", str(course), str(student)]) == 2
+    assert main(["teacher", str(course)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("already exists: choose another name, or pass --force") == 2
+    assert student.read_text() == "my own notes"
+    assert main(["make-student", str(course), str(student), "--force"]) == 0
+    assert main(["teacher", str(course), "--force"]) == 0
+    assert "BEGIN SOLUTION" not in student.read_text()
+    with pytest.raises(PicoGPTError, match="already exists"):
+        ex.make_student(str(course), str(student))
+    ex.make_student(str(course), str(student), force=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["make-student", "COURSE", "."], ". is a folder: name the notebook to write in it"),
+    (["make-student", "COURSE", "FOLDER"], "is a folder"),
+    (["make-student", "COURSE", ""], "needs a file name, e.g. student.ipynb"),
+    (["teacher", ""], "needs a file name, e.g. course.ipynb"),
+    (["teacher", "."], ". is a folder"),
+    (["teacher", "FOLDER/"], "is a folder"),
+])
+def test_an_output_that_is_a_folder_or_empty_is_one_sentence(tmp_path, capsys, args, message):
+    from picogpt.exercises.__main__ import main
+
+    course = tmp_path / "course.ipynb"
+    course.write_text(open(TEACHER, encoding="utf-8").read())
+    args = [a.replace("COURSE", str(course)).replace("FOLDER", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_make_student_to_a_folder_from_a_shell_is_one_sentence(tmp_path):
+    course = tmp_path / "course.ipynb"
+    course.write_text(open(TEACHER, encoding="utf-8").read())
+    out = subprocess.run([sys.executable, "-m", "picogpt.exercises", "make-student", str(course), "."],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.returncode == 2 and out.stderr.startswith("error: . is a folder") and "Traceback" not in out.stderr

@@ -2,10 +2,12 @@
 
 Each exercise is one function of the model (softmax, layer norm, attention, the AdamW step...)
 with a plain signature: arrays in, arrays out. It comes with a statement (what to implement, the
-shapes, the maths, a hint), a stub to fill in, a reference solution (picogpt's own code), and a
-checker that runs your function on hand-picked edge cases and on inputs drawn by hypothesis,
-compares with the reference at tight tolerance, and, when they differ, says on which input, by
-how much, and what the mistake probably is.
+shapes, the maths it starts from; a backward asks you to derive its gradients), hints revealed
+one at a time (`hint(name, n)`), a stub to fill in, a reference solution (picogpt's own code),
+and a checker that runs your function on hand-picked edge cases and on inputs drawn by
+hypothesis, compares with the reference at tight tolerance, and, when they differ, says on
+which input, by how much, and what the mistake probably is. A function that changes an input
+it was given, in place, fails too.
 
     >>> import numpy as np
     >>> import picogpt.exercises as ex
@@ -22,8 +24,14 @@ how much, and what the mistake probably is.
     >>> bool(result)
     True
 
-From a shell: `python -m picogpt.exercises list | show NAME | stub NAME | check NAME FILE.py |
-make-student TEACHER.ipynb STUDENT.ipynb | teacher DST.ipynb` (see `--help`).
+From a shell: `python -m picogpt.exercises list | show NAME | hint NAME [N] | stub NAME |
+check NAME FILE.py | make-student TEACHER.ipynb STUDENT.ipynb | teacher DST.ipynb` (see
+`--help`). From a shell, `check` runs the file in a child process with a time limit, and
+passes only on a verdict the child proves it wrote (see `grader`).
+
+The exercises live one per module in `catalog/` (`ex01_softmax.py`, ...): the registry there
+discovers every `exNN_<name>.py` module and registers its `EXERCISE`, in file-name order, so
+adding an exercise is adding a file (see `catalog/__init__.py`).
 
 For teachers: `teacher.ipynb`, next to this file, has one section per exercise with the solution
 between nbgrader's `### BEGIN SOLUTION` / `### END SOLUTION` markers; `make_student` turns it
@@ -37,8 +45,8 @@ from .catalog import EXERCISES
 from .checker import DEFAULT_MAX_EXAMPLES, CheckResult, run_check
 from .student import make_student
 
-__all__ = ["CheckResult", "DEFAULT_MAX_EXAMPLES", "check", "describe", "make_student", "names", "reference",
-           "statement", "stub", "teacher_notebook_path"]
+__all__ = ["CheckResult", "DEFAULT_MAX_EXAMPLES", "check", "describe", "hint", "make_student", "names",
+           "reference", "statement", "stub", "teacher_notebook_path"]
 
 
 def _catalog():
@@ -64,8 +72,22 @@ def describe(name):
 
 
 def statement(name):
-    """The statement (markdown): what to implement, the shapes, the maths, a hint."""
+    """The statement (markdown): what to implement, the shapes, the maths to start from."""
     return get(name).statement
+
+
+def hint(name, n=1):
+    """Hint number n of exercise `name` (1 is the gentlest; the last one gives the result)."""
+    ex = get(name)
+    try:
+        return ex.hint(n)
+    except ValueError:
+        raise PicoGPTError(f"{name} has hints 1 to {len(ex.hints)}; there is no hint {n}.") from None
+
+
+def hint_count(name):
+    """How many hints exercise `name` has."""
+    return len(get(name).hints)
 
 
 def stub(name):

@@ -8,7 +8,10 @@ How an exercise is checked
        every run, the student's and the grader's, sees the same inputs. hypothesis then shrinks
        the first failing input to the smallest one that still fails.
     The student's function and the reference each get their own copy of every input, so a
-    function that writes into its arguments cannot change what the other one sees.
+    function that writes into its arguments cannot change what the other one sees. After the
+    call, every argument the exercise does not let it update (`Exercise.inplace`, `may_modify`)
+    is compared with the untouched original: a function that changes its input in place fails,
+    even when it returns the right values, since in the model its caller still needs that input.
 
 When is an output right?
     Inputs are float64. Entry by entry, |yours - expected| <= atol + rtol * |expected| with
@@ -96,10 +99,11 @@ class Outcome:
     error: BaseException = None
     error_where: str = ""              # "file, line N: code" of the line that raised
     problem: str = ""                  # a sentence when the return value has the wrong form
+    changed: list = field(default_factory=list)   # sentences: arguments changed that must not be
 
     @property
     def failed(self):
-        return self.error is not None or bool(self.problem or self.mismatches)
+        return self.error is not None or bool(self.problem or self.mismatches or self.changed)
 
 
 # --- running one input ---------------------------------------------------------------------
@@ -125,11 +129,15 @@ def evaluate(ex, fn, args):
     mine = copy.deepcopy(args)
     try:
         result = quietly(fn, *mine)
-    except Exception as e:  # the student's bug, reported with the input that caused it
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # the student's bug (sys.exit too), reported with the input that caused it
         outcome.error, outcome.error_where = e, _where_raised(e)
         return outcome
+    outcome.changed = [_changed(ex.arg_names[i], args[i], mine[i]) for i in ex.frozen_positions
+                       if not _same(args[i], mine[i])]
     got, outcome.problem = _unpack(ex, result)
-    if outcome.problem:
+    if outcome.problem or outcome.changed:
         return outcome
     outcome.got = got + tuple(mine[i] for i in ex.inplace_positions)
     for label, g, e in zip(ex.output_labels, outcome.got, outcome.expected):
@@ -137,6 +145,33 @@ def evaluate(ex, fn, args):
         if m is not None:
             outcome.mismatches.append(m)
     return outcome
+
+
+def _same(a, b):
+    """True when argument `b` (after the call) is exactly `a` (before): shape, dtype, values."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
+                or a.dtype != b.dtype:
+            return False
+        return bool(np.all(_same_special(a, b))) if a.dtype.kind in "fc" else bool(np.array_equal(a, b))
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _changed(name, before, after):
+    """A sentence saying how the call changed argument `name`."""
+    if isinstance(before, np.ndarray) and isinstance(after, np.ndarray) and before.shape == after.shape \
+            and before.dtype == after.dtype:
+        diff = ~_same_special(before, after) if before.dtype.kind in "fc" else before != after
+        i = _index(np.argmax(diff), before.shape)
+        return (f"your function changed its argument '{name}' in place: {int(diff.sum())} of {diff.size} "
+                f"entries differ after the call; first at index {i}: {_num(before[i])} before, "
+                f"{_num(after[i])} after.")
+    return f"your function changed its argument '{name}' in place: {describe_value(after)} after the call."
 
 
 def _unpack(ex, result):
@@ -229,17 +264,23 @@ def _num(x):
 
 # --- the search ----------------------------------------------------------------------------
 
-def run_check(ex, fn, max_examples=DEFAULT_MAX_EXAMPLES, seed=0):
-    """Check `fn` against exercise `ex`: hand-picked examples, then hypothesis. A CheckResult."""
+def run_check(ex, fn, max_examples=DEFAULT_MAX_EXAMPLES, seed=0, progress=None):
+    """Check `fn` against exercise `ex`: hand-picked examples, then hypothesis. A CheckResult.
+
+    progress: None, or a function called with (which input, its args) before each call of `fn`,
+        so that a grader that has to stop a function that never returns can say on what input.
+    """
     if not callable(fn):
         raise PicoGPTError(f"check({ex.name!r}, ...) needs a function, got a {type(fn).__name__}.")
+    progress = progress or (lambda which, args: None)
     tried = 0
     for label, args in ex.examples():
         tried += 1
+        progress(f"input {tried} ({label})", args)
         outcome = evaluate(ex, fn, args)
         if outcome.failed:
             return _failure(ex, fn, outcome, f"input {tried} ({label})", tried)
-    failure, drawn = _search(ex, fn, max_examples, seed)
+    failure, drawn = _search(ex, fn, max_examples, seed, progress)
     tried += drawn
     if failure is not None:
         return _failure(ex, fn, failure, f"random input {drawn} drawn by hypothesis (shown shrunk"
@@ -250,7 +291,7 @@ def run_check(ex, fn, max_examples=DEFAULT_MAX_EXAMPLES, seed=0):
     return CheckResult(ex.name, True, tried, text)
 
 
-def _search(ex, fn, max_examples, seed):
+def _search(ex, fn, max_examples, seed, progress):
     """(the smallest failing Outcome hypothesis finds or None, how many inputs it drew)."""
     if max_examples <= 0:
         return None, 0
@@ -264,6 +305,8 @@ def _search(ex, fn, max_examples, seed):
 
     def fails(args):
         drawn[0] += 1
+        progress(f"random input {drawn[0]} drawn by hypothesis" if not first
+                 else "an input hypothesis tried while shrinking a failing one", args)
         outcome = evaluate(ex, fn, args)
         if outcome.failed and not first:
             first.append((outcome, drawn[0]))
@@ -286,6 +329,7 @@ def _search(ex, fn, max_examples, seed):
         raise
     # Shrinking re-ran the function many times; the count to report is when it first failed.
     outcome, at = first[0]
+    progress("the smallest failing input hypothesis found", smallest)
     shrunk = evaluate(ex, fn, smallest)
     return (shrunk if shrunk.failed else outcome), at
 
@@ -298,8 +342,8 @@ def _failure(ex, fn, outcome, which, tried):
     lines += ["", "problem:"]
     if outcome.error is not None:
         lines += _error_lines(outcome)
-    elif outcome.problem:
-        lines.append(f"  {outcome.problem}")
+    elif outcome.problem or outcome.changed:
+        lines += [f"  {sentence}" for sentence in outcome.changed + [outcome.problem] if sentence]
     else:
         for m in outcome.mismatches:
             lines += [f"  {line}" for line in m.lines]

@@ -28,14 +28,16 @@ TEXT_STUB = "YOUR ANSWER HERE"
 _MARKER = re.compile(r"^(\s*)#+\s*(BEGIN|END) (SOLUTION|HIDDEN TESTS)\b")
 
 
-def make_student(src, dst):
+def make_student(src, dst, force=False):
     """Write the student version of notebook `src` to `dst`. Returns a summary dict:
     {"solutions": regions replaced, "hidden_tests": regions removed, "cells": cells changed}.
     Raises PicoGPTError with one sentence when src is missing, is not a notebook, or has
-    unbalanced markers (nothing is written then)."""
+    unbalanced markers, and when `dst` is a folder or already exists, unless force=True
+    (nothing is written then)."""
     nb = _read_notebook(src)
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise PicoGPTError(f"{dst} is the teacher's notebook itself: write the student version to another file.")
+    check_output_path(dst, force, example="student.ipynb")
     summary = {"solutions": 0, "hidden_tests": 0, "cells": 0}
     for number, cell in enumerate(nb["cells"], start=1):
         if _student_cell(cell, number, summary):
@@ -43,6 +45,20 @@ def make_student(src, dst):
     with atomic_open(dst, "w") as f:   # never a half-written notebook
         f.write(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return summary
+
+
+def check_output_path(dst, force, example):
+    """One sentence (a PicoGPTError) unless `dst` can name a new notebook file: not empty, not a
+    folder, and not an existing file unless `force` (the teacher's `--force`)."""
+    dst = os.fspath(dst)
+    if not dst.strip():
+        raise PicoGPTError(f"the notebook to write needs a file name, e.g. {example} (got an empty one).")
+    if os.path.isdir(dst) or os.path.basename(dst) in ("", ".", ".."):
+        raise PicoGPTError(f"{dst} is a folder: name the notebook to write in it, e.g. "
+                           f"{os.path.join(dst, example)}.")
+    if os.path.exists(dst) and not force:
+        raise PicoGPTError(f"{dst} already exists: choose another name, or pass --force (force=True in Python) "
+                           "to replace it.")
 
 
 def _read_notebook(src):
