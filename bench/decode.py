@@ -8,7 +8,7 @@ its default attention) and the ratio picogpt / transformers is printed.
     python bench/decode.py                     # cpu, and gpu if available
     python bench/decode.py --device gpu --batch 1 16 --json results.jsonl
 
-Targets (from the issue): CPU batch 1 >= 1.5x transformers; GPU batch 1 >= 3x transformers eager.
+Goals picogpt sets itself: CPU batch 1 >= 1.5x transformers; GPU batch 1 >= 3x transformers eager.
 """
 
 import argparse
