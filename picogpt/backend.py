@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import PicoGPTError  # re-exported: `from picogpt.backend import PicoGPTError` still works
 
-try:  # CuPy is optional: `pip install picogpt-numpy[gpu]`
+try:  # CuPy is optional: `pip install ".[gpu]"` in a clone of picogpt
     import cupy as _cupy
 except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
     _cupy = None
@@ -47,7 +47,7 @@ def resolve_device(device=None):
         if _cupy is None:
             raise PicoGPTError(
                 "the GPU was asked for but CuPy is not installed: "
-                "`pip install 'picogpt-numpy[gpu]'` (or a cupy-cudaXXx wheel matching your CUDA), "
+                "run `pip install \".[gpu]\"` in your clone of picogpt (or install the cupy-cudaXXx wheel matching your CUDA), "
                 "or use --device cpu."
             )
         if not gpu_available():
