@@ -603,11 +603,24 @@ def test_the_grader_times_out_and_says_where(tmp_path, source, where):
     assert "did not finish within 6 s (--timeout)" in out.stdout and where in out.stdout, out.stdout
 
 
+def test_checking_from_a_shell_without_hypothesis_is_one_sentence(tmp_path):
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / "hypothesis.py").write_text("raise ImportError('not installed')\n")   # shadows it
+    sub = tmp_path / "good.py"
+    sub.write_text(GOOD_SOFTMAX)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "hidden"), ROOT]))
+    out = subprocess.run([sys.executable, "-m", "picogpt.exercises", "check", "softmax", str(sub)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "hypothesis, which is not installed" in out.stderr, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.slow
 def test_the_grader_stops_what_the_submission_started(tmp_path):
     """The child's own children (a busy subprocess) are stopped with it: nothing keeps running."""
     marker = tmp_path / "still-running"
-    (tmp_path / "sleeper.py").write_text(f"import pathlib, time\ntime.sleep(6)\npathlib.Path({str(marker)!r}).touch()\n")
+    (tmp_path / "sleeper.py").write_text(
+        f"import pathlib, time\ntime.sleep(6)\npathlib.Path({str(marker)!r}).touch()\n")
     sub = tmp_path / "spawns.py"
     sub.write_text("import os, subprocess, sys\n"
                    "subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), 'sleeper.py')])\n"

@@ -300,7 +300,8 @@ def _search(ex, fn, max_examples, seed, progress):
         from hypothesis.errors import NoSuchExample
     except ImportError:
         raise PicoGPTError("the checker draws its inputs with hypothesis, which is not installed: "
-                           "`pip install hypothesis` (or `pip install 'picogpt-numpy[test]'`).") from None
+                           "`pip install hypothesis` (or, in a clone of picogpt, "
+                           "`pip install -e '.[exercises]'`).") from None
     drawn, first = [0], []
 
     def fails(args):

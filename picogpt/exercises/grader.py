@@ -144,9 +144,10 @@ def child_main():
     name, path, record, progress, max_examples, seed = sys.argv[1:7]
     fd = os.open(progress, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
-    def note(text):
+    def note(text):                              # unbuffered: what the parent reads if it must stop us
+        os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode("utf-8", "replace"), 0)
+        os.write(fd, text.encode("utf-8", "replace"))
 
     def on_input(which, args):
         lines = [f"  {n} = {describe_value(v)}" for n, v in zip(exercise.arg_names, args)]
@@ -160,7 +161,10 @@ def child_main():
         return _write_record(record, nonce, "usage", str(e))
     except SubmissionError as e:
         return _write_record(record, nonce, "failed", f"{name}: FAILED: {e}")
-    result = run_check(exercise, fn, max_examples=int(max_examples), seed=int(seed), progress=on_input)
+    try:
+        result = run_check(exercise, fn, max_examples=int(max_examples), seed=int(seed), progress=on_input)
+    except PicoGPTError as e:        # the checker itself cannot run here (no hypothesis installed)
+        return _write_record(record, nonce, "usage", str(e))
     _write_record(record, nonce, "passed" if result.passed else "failed", result.feedback)
 
 
