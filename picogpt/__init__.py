@@ -10,6 +10,7 @@
 from .backend import asnumpy, get_array_module, gpu_available
 from .config import PRESETS, GPT2Config, get_config
 from .errors import PicoGPTError
+from .heads import GPT2Classifier, make_classifier
 from .model import GPT2, KVCache
 from .tokenizer import get_tokenizer
 from .weights import init_model, load_model, save_model
@@ -17,6 +18,6 @@ from .weights import init_model, load_model, save_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "GPT2", "GPT2Config", "KVCache", "PRESETS", "PicoGPTError", "asnumpy", "get_array_module",
-    "get_config", "get_tokenizer", "gpu_available", "init_model", "load_model", "save_model",
+    "GPT2", "GPT2Classifier", "GPT2Config", "KVCache", "PRESETS", "PicoGPTError", "asnumpy", "get_array_module",
+    "get_config", "get_tokenizer", "gpu_available", "init_model", "load_model", "make_classifier", "save_model",
 ]

@@ -3,6 +3,10 @@
 The four OpenAI sizes, plus small configs for tests and classes. Field names follow
 Hugging Face's GPT2Config where they exist (n_layer, n_head, n_embd, vocab_size), except that
 picogpt calls the context length `n_ctx` (Hugging Face: `n_positions`).
+
+A sequence classifier (transformers' GPT2ForSequenceClassification) is a GPT2Config with
+`labels`, its label names in id order (config.json: id2label / label2id, num_labels), and the
+`pad_token_id` transformers uses to find each row's last real token.
 """
 
 from dataclasses import asdict, dataclass, fields
@@ -19,6 +23,8 @@ class GPT2Config:
     vocab_size: int = 50257
     layer_norm_epsilon: float = 1e-5
     dropout: float = 0.0       # one rate for embeddings, attention probabilities and residuals
+    labels: tuple = ()         # a classifier's label names in id order; () = a language model
+    pad_token_id: int | None = None   # a classifier's padding token (transformers' rule for "last token")
 
     def __post_init__(self):
         # Plain Python numbers: a NumPy float64 scalar here would upcast float32 maths to float64.
@@ -32,6 +38,24 @@ class GPT2Config:
             raise PicoGPTError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).")
         if not 0.0 <= self.dropout < 1.0:
             raise PicoGPTError(f"dropout must be in [0, 1), got {self.dropout}.")
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) == 1:
+            raise PicoGPTError(f"a classifier needs at least 2 distinct label names, got {list(self.labels)}.")
+        if self.pad_token_id is not None:
+            object.__setattr__(self, "pad_token_id", int(self.pad_token_id))
+
+    @property
+    def num_labels(self):
+        """How many classes a classifier has (0 for a language model)."""
+        return len(self.labels)
+
+    @property
+    def id2label(self):
+        return {i: name for i, name in enumerate(self.labels)}
+
+    @property
+    def label2id(self):
+        return {name: i for i, name in enumerate(self.labels)}
 
     @property
     def head_dim(self):
@@ -48,8 +72,9 @@ class GPT2Config:
 
     # --- Hugging Face config.json --------------------------------------------------------
     def to_hf_dict(self):
-        """The config.json that transformers' GPT2LMHeadModel.from_pretrained understands."""
-        return {
+        """The config.json that transformers' GPT2LMHeadModel.from_pretrained understands, or for a
+        classifier GPT2ForSequenceClassification's (with id2label, label2id, pad_token_id)."""
+        d = {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
             "activation_function": "gelu_new",
@@ -70,6 +95,9 @@ class GPT2Config:
             "bos_token_id": 50256 if self.vocab_size > 50256 else None,
             "eos_token_id": 50256 if self.vocab_size > 50256 else None,
         }
+        if self.labels:
+            d.update(label_fields(self.labels, self.pad_token_id))
+        return d
 
     @classmethod
     def from_hf_dict(cls, d):
@@ -83,7 +111,46 @@ class GPT2Config:
         known = {f.name for f in fields(cls)}
         args = {k: d[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "layer_norm_epsilon") if k in d}
         args["n_ctx"] = d.get("n_positions", d.get("n_ctx", 1024))
+        # transformers writes id2label (LABEL_0, LABEL_1) into every config; only a sequence
+        # classifier's labels are the model's classes.
+        if "GPT2ForSequenceClassification" in (d.get("architectures") or []):
+            args["labels"] = labels_from_hf_dict(d) or ()
+            args["pad_token_id"] = d.get("pad_token_id")
         return cls(**{k: v for k, v in args.items() if k in known})
+
+
+def label_fields(labels, pad_token_id=50256):
+    """The config.json fields of a classifier with these label names (in id order):
+    id2label {"0": name, ...} (JSON keys are strings), label2id {name: 0, ...}, pad_token_id
+    and the architecture name, as transformers writes them."""
+    labels = [str(x) for x in labels]
+    if len(set(labels)) != len(labels):
+        raise PicoGPTError(f"label names must be distinct, got {labels}.")
+    return {"architectures": ["GPT2ForSequenceClassification"],
+            "id2label": {str(i): name for i, name in enumerate(labels)},
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "pad_token_id": pad_token_id}
+
+
+def labels_from_hf_dict(d):
+    """The label names (a list, in id order) of a config.json dict, or None if it has none.
+
+    transformers always writes id2label (LABEL_0, LABEL_1 by default); keys may be "0" or 0.
+    """
+    id2label = d.get("id2label")
+    if not id2label:
+        return None
+    try:
+        pairs = sorted((int(k), str(v)) for k, v in id2label.items())
+    except (TypeError, ValueError, AttributeError):
+        raise PicoGPTError("config.json: id2label must map label ids (0, 1, ...) to names.") from None
+    if [k for k, _ in pairs] != list(range(len(pairs))):
+        raise PicoGPTError("config.json: id2label's ids must be 0, 1, ..., num_labels - 1.")
+    names = [v for _, v in pairs]
+    label2id = d.get("label2id")
+    if label2id and {str(k): int(v) for k, v in label2id.items()} != {n: i for i, n in enumerate(names)}:
+        raise PicoGPTError("config.json: label2id does not agree with id2label.")
+    return names
 
 
 PRESETS = {

@@ -17,6 +17,7 @@ import numpy as np
 from .cli import run_command
 from .errors import PicoGPTError
 from .generation import OVERFLOW_RULES, fit_context, generate
+from .heads import check_language_model
 from .memory import check_fits, generation_bytes
 from .sampling import check_sampling_args
 from .tokenizer import get_tokenizer
@@ -88,6 +89,7 @@ def run(args):
     check_sampling_args(args.temperature, top_k, args.top_p)
     tok = get_tokenizer()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    check_language_model(model, args.model)   # a classifier folder writes no text
     all_ids = tok.encode(args.prompt)
     prompt_ids = fit_context([all_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]
     model.check_ids(prompt_ids)  # before anything is printed

@@ -24,8 +24,11 @@ import numpy as np
 
 from . import layers as L
 from . import model as M
-from .backend import get_array_module
+from .backend import asnumpy, get_array_module
+# The config.json fields of a classifier live with the config; here under these names too.
+from .config import label_fields, labels_from_hf_dict as labels_from_config  # noqa: F401
 from .errors import PicoGPTError
+from .tokenizer import get_tokenizer
 
 SCORE = "score.weight"
 
@@ -105,40 +108,6 @@ def init_classifier(config, num_labels, seed=0, xp=np, dtype=np.float32):
     return xp.asarray(rng.normal(0.0, 0.02, (int(num_labels), config.n_embd)).astype(dtype))
 
 
-def label_fields(labels, pad_token_id=50256):
-    """The config.json fields of a classifier with these label names (in id order):
-    id2label {"0": name, ...} (JSON keys are strings), label2id {name: 0, ...}, pad_token_id
-    and the architecture name, as transformers writes them."""
-    labels = [str(x) for x in labels]
-    if len(set(labels)) != len(labels):
-        raise PicoGPTError(f"label names must be distinct, got {labels}.")
-    return {"architectures": ["GPT2ForSequenceClassification"],
-            "id2label": {str(i): name for i, name in enumerate(labels)},
-            "label2id": {name: i for i, name in enumerate(labels)},
-            "pad_token_id": pad_token_id}
-
-
-def labels_from_config(d):
-    """The label names (a list, in id order) of a config.json dict, or None if it has none.
-
-    transformers always writes id2label (LABEL_0, LABEL_1 by default); keys may be "0" or 0.
-    """
-    id2label = d.get("id2label")
-    if not id2label:
-        return None
-    try:
-        pairs = sorted((int(k), str(v)) for k, v in id2label.items())
-    except (TypeError, ValueError, AttributeError):
-        raise PicoGPTError("config.json: id2label must map label ids (0, 1, ...) to names.") from None
-    if [k for k, _ in pairs] != list(range(len(pairs))):
-        raise PicoGPTError("config.json: id2label's ids must be 0, 1, ..., num_labels - 1.")
-    names = [v for _, v in pairs]
-    label2id = d.get("label2id")
-    if label2id and {str(k): int(v) for k, v in label2id.items()} != {n: i for i, n in enumerate(names)}:
-        raise PicoGPTError("config.json: label2id does not agree with id2label.")
-    return names
-
-
 # --- the model with the head ----------------------------------------------------------------
 
 def _hidden(params, config, ids, rng=None, lora_scale=1.0, keep_caches=True):
@@ -183,3 +152,97 @@ def classification_loss_and_grads(params, config, ids, labels, lengths=None, pad
     if SCORE in wanted:
         grads[SCORE] = dW
     return loss, logits, grads
+
+
+# --- a GPT-2 that classifies ------------------------------------------------------------------
+
+class GPT2Classifier(M.GPT2):
+    """A GPT2 whose params also hold "score.weight" and whose config names the labels
+    (config.labels): what `picogpt.load_model` returns for a GPT2ForSequenceClassification
+    folder, and what `make_classifier` makes from a language model.
+
+        logits = model.classify(["Now is the winter...", "O Romeo..."])     # (2, K) NumPy
+        names = model.predict(rows)                                          # label names
+
+    Everything a GPT2 does still works on the transformer below the head (model.forward
+    gives the tied LM head's logits, which a classifier was never trained for).
+    """
+
+    @property
+    def labels(self):
+        return list(self.config.labels)
+
+    def encode_rows(self, rows, tokenizer=None):
+        """Rows (strings, lists of ids, or an int (B, T) array) -> a list of checked id arrays,
+        each cut to its LAST n_ctx tokens (as training's batches cut an example)."""
+        if isinstance(rows, str):
+            raise PicoGPTError("classify takes a list of rows: give [text] for one text.")
+        rows = list(rows)
+        if not rows:
+            raise PicoGPTError("there are no rows to classify.")
+        if any(isinstance(r, str) for r in rows):
+            tok = tokenizer or get_tokenizer()
+            rows = [tok.encode_ordinary(r) if isinstance(r, str) else r for r in rows]
+        out = []
+        for r in rows:
+            if len(r) == 0:
+                raise PicoGPTError("a row to classify is empty: give at least one token.")
+            out.append(self.check_ids(np.asarray(r)[None], "row ids")[0][-self.config.n_ctx:])
+        return out
+
+    def classify(self, rows, tokenizer=None, batch_size=32):
+        """Logits (B, K) as a float NumPy array for rows of any lengths (see encode_rows).
+
+        Rows are right-padded into batches of `batch_size` and read at their last real token."""
+        rows = self.encode_rows(rows, tokenizer)
+        pad = self.config.pad_token_id or 0   # any id: the lengths say where each row ends
+        out = []
+        for i in range(0, len(rows), batch_size):
+            lengths = np.array([len(r) for r in rows[i:i + batch_size]])
+            ids = np.full((len(lengths), int(lengths.max())), pad, dtype=np.int64)
+            for b, r in enumerate(rows[i:i + batch_size]):
+                ids[b, :len(r)] = r
+            logits = classify(self.params, self.config, self.xp.asarray(ids), lengths=self.xp.asarray(lengths),
+                              lora_scale=self.lora_scale)
+            out.append(asnumpy(logits))
+        return np.concatenate(out)
+
+    def predict(self, rows, tokenizer=None, batch_size=32):
+        """The label name of each row (the largest logit)."""
+        return [self.config.labels[k] for k in self.classify(rows, tokenizer, batch_size).argmax(axis=-1)]
+
+    def __repr__(self):
+        return f"GPT2Classifier(labels={list(self.config.labels)}, {super().__repr__()[5:]}"
+
+    def to(self, device=None, dtype=None):
+        m = super().to(device, dtype)
+        return GPT2Classifier(m.config, m.params, device=m.device, lora_scale=m.lora_scale, lora=m.lora,
+                              quantized=m.quantized)
+
+
+def check_language_model(model, name):
+    """Refuse a classifier where text is to be generated (generate, chat), in one sentence."""
+    if model.config.labels:
+        raise PicoGPTError(f"{name} is a sequence classifier (labels: {', '.join(model.config.labels)}), not a "
+                           f"language model, so it cannot write text: score texts with `python -m picogpt.eval "
+                           f"--task classify --model {name} --data FILE.jsonl`.")
+
+
+def default_pad_token_id(config):
+    """GPT-2's <|endoftext|> (50256) as the padding token, as is usual for GPT-2 classifiers; a
+    model with a smaller vocabulary pads with its last id."""
+    return 50256 if config.vocab_size > 50256 else config.vocab_size - 1
+
+
+def make_classifier(model, labels, seed=0, pad_token_id=None):
+    """A GPT2Classifier from a language model: the same transformer (its arrays copied, so the
+    language model is left as it was) and a new head score.weight (len(labels), C) drawn from
+    N(0, 0.02) as transformers initialises it (init_classifier). labels: the class names, in id
+    order. pad_token_id: default <|endoftext|> (see default_pad_token_id)."""
+    labels = [str(x) for x in labels]
+    pad = default_pad_token_id(model.config) if pad_token_id is None else int(pad_token_id)
+    config = model.config.replace(labels=tuple(labels), pad_token_id=pad)
+    params = {k: a.copy() for k, a in model.params.items() if k != SCORE}
+    params[SCORE] = init_classifier(config, len(labels), seed=seed, xp=model.xp, dtype=model.dtype)
+    return GPT2Classifier(config, params, device=model.device, lora_scale=model.lora_scale, lora=model.lora,
+                          quantized=model.quantized)

@@ -9,6 +9,10 @@ Loading accepts both layouts the Hub has used:
   which are constants, not parameters, and are skipped;
 - files from newer `save_pretrained`: keys prefixed `transformer.`, maybe `lm_head.weight`.
 Careful: `h.N.attn.c_attn.bias` is a real parameter; only the exact `h.N.attn.bias` is a mask.
+
+A sequence classifier (transformers' GPT2ForSequenceClassification: config.json with
+id2label / label2id, architecture GPT2ForSequenceClassification) has one more tensor,
+`score.weight` (num_labels, C), and loads as a picogpt.heads.GPT2Classifier.
 """
 
 import json
@@ -24,6 +28,7 @@ from .download import download
 from .dtypes import resolve_dtype
 from .errors import PicoGPTError
 from .files import write_json
+from .heads import SCORE, GPT2Classifier
 from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
 from .paths import weights_dir  # noqa: F401 (also picogpt.weights.weights_dir, as before)
 
@@ -67,6 +72,8 @@ def load_params(folder, config, device="cpu", dtype="float32"):
         if key is not None:
             params[key] = a
     expected = param_shapes(config)
+    if config.labels:  # a classifier: transformers' head, torch's (out, in) layout
+        expected[SCORE] = (config.num_labels, config.n_embd)
     missing = [k for k in expected if k not in params]
     if missing:
         raise PicoGPTError(f"{path} lacks {len(missing)} GPT-2 parameters (first: {missing[0]!r}): it is not a complete GPT-2 checkpoint.")
@@ -88,7 +95,8 @@ def load_params(folder, config, device="cpu", dtype="float32"):
 
 def save_model(model, folder, dtype=None):
     """Write `config.json` + `model.safetensors` (keys prefixed `transformer.`, as
-    save_pretrained writes them) that transformers' GPT2LMHeadModel.from_pretrained loads.
+    save_pretrained writes them) that transformers' GPT2LMHeadModel.from_pretrained loads
+    (a classifier: GPT2ForSequenceClassification, with `score.weight` and its labels).
 
     dtype: store as 'float16' to halve the file (loading converts back). LoRA adapters are
     not written here: merge them first, or save them with `picogpt.lora.save_adapters`.
@@ -100,7 +108,7 @@ def save_model(model, folder, dtype=None):
         if k.endswith(LORA_SUFFIXES):
             continue
         a = asnumpy(a)
-        tensors["transformer." + k] = a.astype(dtype) if dtype else a
+        tensors[k if k == SCORE else "transformer." + k] = a.astype(dtype) if dtype else a
     safetensors.save(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = str(np.dtype(dtype or model.dtype))
@@ -148,7 +156,8 @@ def load_model(name=None, device=None, dtype="float32"):
     dtype = resolve_dtype(dtype, device)
     folder = find_checkpoint(name)
     config = read_config(folder)
-    return GPT2(config, load_params(folder, config, device, dtype), device=device)
+    cls = GPT2Classifier if config.labels else GPT2
+    return cls(config, load_params(folder, config, device, dtype), device=device)
 
 
 def init_model(config="gpt2-tiny", device=None, dtype="float32", seed=0, **overrides):
