@@ -107,6 +107,9 @@ def check(name, fn, max_examples=DEFAULT_MAX_EXAMPLES, seed=0, verbose=True):
     max_examples: how many inputs hypothesis draws after the hand-picked ones (more is stricter
         and slower). seed: which inputs it draws; a grader can use another seed than the one
         students practised with.
+
+    This runs `fn` here, in this process, with no time limit (interrupt the kernel to stop it);
+    `python -m picogpt.exercises check` runs a file in a child process with a --timeout.
     """
     result = run_check(get(name), fn, max_examples=max_examples, seed=seed)
     if verbose:

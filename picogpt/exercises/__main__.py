@@ -29,7 +29,7 @@ import sys
 from ..cli import run_command
 from ..errors import PicoGPTError
 from ..files import atomic_open
-from . import DEFAULT_MAX_EXAMPLES, describe, get, hint_count, names, teacher_notebook_path
+from . import DEFAULT_MAX_EXAMPLES, describe, get, hint, hint_count, names, teacher_notebook_path
 from .grader import DEFAULT_TIMEOUT, grade_file
 from .student import check_output_path, make_student
 
@@ -87,12 +87,10 @@ def _show(args):
 
 
 def _hint(args):
-    ex = get(args.name)
+    hint(args.name, args.n)     # an unknown exercise or hint number: one sentence before any output
     total = hint_count(args.name)
-    if not 1 <= args.n <= total:
-        raise PicoGPTError(f"{args.name} has hints 1 to {total}; there is no hint {args.n}.")
     for i in range(1, args.n + 1):
-        print(f"Hint {i} of {total}: {ex.hint(i)}\n")
+        print(f"Hint {i} of {total}: {hint(args.name, i)}\n")
     if args.n < total:
         print(f"Still stuck? `python -m picogpt.exercises hint {args.name} {args.n + 1}`.")
     return 0
