@@ -99,6 +99,20 @@ class KVCache:
         """Count the `t` positions every layer has just appended as filled."""
         self.length += t
 
+    def reorder(self, index):
+        """Row b becomes row index[b], in place (beam search follows its best rows):
+        k[i][b] = k[i][index[b]] for the filled positions of every layer; nothing is recomputed.
+        index: (B,) host ints. The identity (no row changed) copies nothing."""
+        index = np.asarray(index)
+        if (index == np.arange(len(index))).all():
+            return
+        xp = get_array_module(self.k[0])
+        rows, n = xp.asarray(index), self.length
+        for cache in self.k + self.v:
+            cache[:, :, :n] = cache[rows, :, :n]
+        if self.pad is not None:
+            self.pad = self.pad[rows]
+
 
 def positions_and_mask(xp, t, start=0, pad=None):
     """Position ids and the attention mask for `t` new tokens after `start` cached ones.
