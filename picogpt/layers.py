@@ -9,12 +9,36 @@ Shapes: B batch, T sequence length, C channels (n_embd), H heads, D = C / H head
 V vocabulary size, N = B * T rows when the batch and time axes are flattened.
 """
 
+import ctypes
 import math
 
 import numpy as np
 
 from .backend import get_array_module, scatter_add
 from .dtypes import float32_if_half
+
+
+# --- where the arrays come from -----------------------------------------------------------
+
+def keep_freed_memory():
+    """Ask the C allocator (glibc's malloc) to keep memory that NumPy frees, for reuse.
+
+    A training step allocates and frees arrays of the same sizes every step. By default glibc
+    hands large freed blocks back to the operating system (munmap, heap trimming), so the next
+    step's arrays are faulted in again page by page: kernel time, which a profile shows as
+    system time (a quarter of a step at nanoGPT's small shapes). Keeping the blocks makes each
+    step reuse the previous step's pages; the process's memory stays at its peak instead of
+    shrinking between steps. Returns True when the allocator took it (Linux with glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False                        # not glibc: nothing to tell it
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # blocks up to 1 GB from the reusable heap (32 MB, glibc's own cap, where it refuses more),
+    # and never trim the heap's free top back to the system
+    took = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(M_MMAP_THRESHOLD, 1 << 25)
+    return bool(took and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
 # --- token and position embedding ---------------------------------------------------------
@@ -39,36 +63,52 @@ def embedding_backward(dout, cache):
 
 # --- layer norm ---------------------------------------------------------------------------
 
-def layernorm_forward(x, g, b, eps=1e-5):
+def layernorm_forward(x, g, b=None, eps=1e-5):
     """Normalise each row to mean 0, variance 1, then scale and shift.
 
-    x (..., C), g (C,), b (C,) -> out (..., C). Variance is the biased one (divide by C),
-    eps sits inside the square root, as in GPT-2.
+    x (..., C), g (C,), b (C,) or None (no shift, as nanoGPT's bias=False) -> out (..., C).
+    Variance is the biased one (divide by C), eps sits inside the square root, as in GPT-2:
+        xc = x - mean(x),  rstd = 1 / sqrt(mean(xc^2) + eps),  n = xc * rstd,  out = n * g + b
+    Written with two full-size arrays (xc, which becomes n in place, and out, which first
+    holds xc^2): every fresh array is memory the next step has to fault in again.
     """
+    xp = get_array_module(x)
     xs = float32_if_half(x)
-    mean = xs.mean(axis=-1, keepdims=True)
-    xc = xs - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)
-    rstd = 1.0 / (var + eps) ** 0.5
-    n = (xc * rstd).astype(x.dtype, copy=False)
-    return n * g + b, (n, rstd, g)
+    xc = xs - xs.mean(axis=-1, keepdims=True)
+    out = xp.multiply(xc, xc, dtype=xs.dtype)                   # xc^2, in out's buffer for now
+    rstd = 1.0 / (out.mean(axis=-1, keepdims=True) + eps) ** 0.5
+    xc *= rstd                                                  # xc is now n
+    n = xc.astype(x.dtype, copy=False)
+    out = xp.multiply(n, g, out=out if out.dtype == x.dtype else None)
+    if b is not None:
+        out += b
+    return out, (n, rstd, g, b is not None)
 
 
 def layernorm_backward(dout, cache):
-    """dout (..., C) -> dx (..., C), dg (C,), db (C,).
+    """dout (..., C) -> dx (..., C), dg (C,), db (C,) (None for a layer norm without shift).
 
     out = n * g + b with n = (x - mean) * rstd, so dg = sum of dout * n and db = sum of dout
     over every row; and with dn = dout * g, differentiating n through mean and rstd gives
         dx = rstd * (dn - mean(dn) - n * mean(dn * n))      (means over the C axis)
+    computed in place in dn, with one scratch array `tmp` for the products.
     """
-    n, rstd, g = cache
+    n, rstd, g, has_bias = cache
+    xp = get_array_module(dout)
     axes = tuple(range(dout.ndim - 1))
-    dg = (dout * n).sum(axis=axes)
-    db = dout.sum(axis=axes)
+    tmp = dout * n
+    dg = tmp.sum(axis=axes)
+    db = dout.sum(axis=axes) if has_bias else None
     dn = float32_if_half(dout * g)
     nf = float32_if_half(n)
-    dx = rstd * (dn - dn.mean(axis=-1, keepdims=True) - nf * (dn * nf).mean(axis=-1, keepdims=True))
-    return dx.astype(dout.dtype, copy=False), dg, db
+    tmp = xp.multiply(dn, nf, out=tmp if tmp.dtype == dn.dtype else None)
+    m2 = tmp.mean(axis=-1, keepdims=True)                       # mean(dn * n)
+    m1 = dn.mean(axis=-1, keepdims=True)                        # mean(dn)
+    xp.multiply(nf, m2, out=tmp)
+    dn -= m1
+    dn -= tmp
+    dn *= rstd
+    return dn.astype(dout.dtype, copy=False), dg, db
 
 
 # --- linear (GPT-2's Conv1D: W is (in, out), so y = x @ W + b) -----------------------------
@@ -105,49 +145,144 @@ def linear_backward(dout, cache, param_grads=True):
 # --- GELU, tanh approximation (Hugging Face's "gelu_new") ----------------------------------
 
 _GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
 
 
 def gelu_forward(x):
-    """gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).  x (...) -> (...)."""
+    """gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).  x (...) -> (...).
+
+    Plainly:  t = tanh(sqrt(2/pi) * (x + 0.044715 * x * x * x));  out = 0.5 * x * (1 + t)
+    computed below in the same order (so to the same bits) in two arrays, t and out, instead of
+    eight temporaries: GELU's arrays are the widest of a block (4C), each one memory to fill.
+    """
     xp = get_array_module(x)
-    t = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
-    return 0.5 * x * (1.0 + t), (x, t)
+    t = xp.multiply(x, _GELU_A)
+    t *= x
+    t *= x
+    t += x
+    t *= _GELU_C                            # u
+    xp.tanh(t, out=t)                       # t = tanh(u), kept for the backward
+    out = xp.add(t, 1.0)
+    out *= x
+    out *= 0.5
+    return out, (x, t)
 
 
 def gelu_backward(dout, cache):
     """dout (...) -> dx (...).
 
-    d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    Written with 1 - t^2 (never 1/cosh^2, which overflows for large |x|).
+    d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2),
+    with t = tanh(u) reused from the forward. Written with 1 - t^2 (never 1/cosh^2, which
+    overflows for large |x|). Plainly:
+        du = sqrt(2/pi) * (1 + 3 * 0.044715 * x * x)
+        dx = dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+    computed below in the same order in two arrays, g and s, in place.
     """
     x, t = cache
-    du = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
-    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+    xp = get_array_module(x)
+    s = xp.multiply(x, 3 * _GELU_A)
+    s *= x
+    s += 1.0
+    s *= _GELU_C                            # du/dx
+    g = xp.multiply(t, t)
+    xp.subtract(1.0, g, out=g)              # 1 - t^2
+    g *= x
+    g *= 0.5
+    g *= s                                  # 0.5 x (1 - t^2) du/dx
+    xp.add(t, 1.0, out=s)
+    s *= 0.5
+    g += s                                  # + 0.5 (1 + t)
+    g *= dout
+    return g
+
+
+# --- GELU, exact (erf) form, as torch.nn.GELU() and nanoGPT use -----------------------------
+
+# Abramowitz & Stegun 7.1.26, for z >= 0:  erf(z) ~ 1 - P(t) exp(-z^2),  t = 1 / (1 + p z),
+# P(t) = a1 t + a2 t^2 + ... + a5 t^5, absolute error <= 1.5e-7 (about one float32 rounding
+# step near 1). NumPy has no erf of its own and picogpt depends on nothing beyond it.
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def erf(z):
+    """The error function of an array, to within 1.5e-7 (A&S 7.1.26; erf(-z) = -erf(z))."""
+    return _erf_parts(z)[0]
+
+
+def _erf_parts(z):
+    """(erf(z), d erf / dz) of the approximation above: the derivative of the formula itself,
+
+        d/dz [1 - P(t) e^{-z^2}] = e^{-z^2} (2 z P(t) + p t^2 P'(t))     (z >= 0; even in z)
+
+    so that a gradient check of anything built on it agrees to float64 rounding, not to 1e-7.
+    It differs from the true derivative 2/sqrt(pi) e^{-z^2} by about 1e-6.
+    """
+    xp = get_array_module(z)
+    a = xp.abs(z)
+    t = 1.0 / (1.0 + _ERF_P * a)
+    P, dP = xp.zeros_like(t), xp.zeros_like(t)
+    for k in range(len(_ERF_A), 0, -1):     # Horner: P = t (a1 + t (a2 + ...)), and P'
+        dP = dP * t + P
+        P = (P + _ERF_A[k - 1]) * t
+    e = xp.exp(-a * a)
+    return xp.sign(z) * (1.0 - P * e), e * (2.0 * a * P + _ERF_P * t * t * dP)
+
+
+_SQRT1_2 = math.sqrt(0.5)
+
+
+def gelu_exact_forward(x):
+    """gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))).  x (...) -> (...).
+
+    Phi is the standard normal distribution function. GPT-2 used the tanh approximation
+    (gelu_forward), which differs from this by up to ~5e-4; nanoGPT and torch's nn.GELU()
+    use this one.
+    """
+    return 0.5 * x * (1.0 + erf(x * _SQRT1_2)), x
+
+
+def gelu_exact_backward(dout, x):
+    """dout (...) -> dx (...).
+
+    d/dx = 0.5 (1 + erf(z)) + 0.5 x erf'(z) / sqrt(2),  z = x / sqrt(2)
+    (the true erf'(z) is 2/sqrt(pi) e^{-z^2}, so the second term is x times the normal density;
+    here erf' is that of the approximation the forward computed).
+    """
+    e, de = _erf_parts(x * _SQRT1_2)
+    return dout * (0.5 * (1.0 + e) + (0.5 * _SQRT1_2) * x * de)
 
 
 # --- softmax ------------------------------------------------------------------------------
 
-def softmax_forward(x):
+def softmax_forward(x, overwrite=False):
     """Softmax over the last axis. x (..., K) -> p (..., K).
 
     Subtracting the row max changes nothing mathematically and keeps exp() from overflowing.
-    Entries that are -inf (masked) become exactly 0.
+    Entries that are -inf (masked) become exactly 0. overwrite=True lets a caller that no
+    longer needs x (attention's scores) have p written into x's buffer.
     """
     xp = get_array_module(x)
     xs = float32_if_half(x)
-    e = xs - xs.max(axis=-1, keepdims=True)
-    xp.exp(e, out=e)                       # in place: one (..., K) buffer, not three
+    own = overwrite or xs is not x           # a float16 x was copied to float32: that copy is ours
+    e = xp.subtract(xs, xs.max(axis=-1, keepdims=True), out=xs if own else None)
+    xp.exp(e, out=e)                         # in place: one (..., K) buffer, not three
     e /= e.sum(axis=-1, keepdims=True)
     p = e.astype(x.dtype, copy=False)
     return p, p
 
 
-def softmax_backward(dout, p):
+def softmax_backward(dout, p, overwrite=False):
     """dout (..., K) -> dx (..., K).
 
-    dp_i/dx_j = p_i (delta_ij - p_j)  =>  dx = p * (dout - sum(dout * p)).
+    dp_i/dx_j = p_i (delta_ij - p_j)  =>  dx = p * (dout - sum(dout * p))   (sum over the K axis).
+    overwrite=True writes dx into dout's buffer (for a caller that owns dout).
     """
-    return p * (dout - (dout * p).sum(axis=-1, keepdims=True))
+    xp = get_array_module(p)
+    s = (dout * p).sum(axis=-1, keepdims=True)
+    dx = xp.subtract(dout, s, out=dout if overwrite else None)
+    dx *= p
+    return dx
 
 
 # --- dropout ------------------------------------------------------------------------------
@@ -221,7 +356,7 @@ def attention_forward(q, k, v, mask=None, dropout=0.0, rng=None):
     scores = (q * scale) @ k.swapaxes(-1, -2)     # scaling q is cheaper than scaling q k^T
     if mask is not None:
         xp.copyto(scores, -xp.inf, where=~mask)   # in place
-    p, p_cache = softmax_forward(scores)
+    p, p_cache = softmax_forward(scores, overwrite=True)   # p in the scores' buffer
     pd, d_cache = dropout_forward(p, dropout, rng)
     return pd @ v, (q, k, v, p_cache, pd, d_cache, scale)
 
@@ -232,13 +367,15 @@ def attention_backward(dout, cache):
     out = P v           =>  dP = dout v^T,  dv = P^T dout
     S = q k^T * scale   =>  dq = dS k * scale,  dk = dS^T q * scale
     and dS comes from dP through the softmax backward (masked entries have P = 0, so dS = 0).
-    Below, `ds` already includes the factor `scale`.
+    Below, `ds` already includes the factor `scale`: plainly, ds = softmax_backward(dp, P) * scale,
+    written in place in dp's buffer (a (B, H, Tq, Tk) array this function owns).
     """
     q, k, v, p_cache, pd, d_cache, scale = cache
     dv = pd.swapaxes(-1, -2) @ dout
     dpd = dout @ v.swapaxes(-1, -2)
     dp = dropout_backward(dpd, d_cache)
-    ds = softmax_backward(dp, p_cache) * scale
+    ds = softmax_backward(dp, p_cache, overwrite=True)
+    ds *= scale
     dq = ds @ k
     dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv

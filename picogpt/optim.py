@@ -7,6 +7,7 @@ import math
 
 from .backend import get_array_module
 from .errors import PicoGPTError
+from .layers import keep_freed_memory
 
 
 def decays(param):
@@ -35,6 +36,7 @@ class AdamW:
         self.v = {k: get_array_module(params[k]).zeros_like(params[k]) for k in names}
         self.decay = {k for k in names if decays(params[k])}
         self.t = 0
+        keep_freed_memory()   # an optimizer means step after step of same-sized arrays: reuse their memory
 
     def step(self, params, grads, lr):
         """Update `params` in place from `grads` (only the names this optimizer was built for)."""
@@ -88,7 +90,8 @@ def global_norm(grads):
     """sqrt of the sum of squares of every gradient entry, as a float.
 
     The sum stays on the device until the end: one GPU-to-host copy, not one per tensor."""
-    return math.sqrt(float(sum((g * g).sum() for g in grads.values())))
+    # vdot(g, g) = sum of g * g without a temporary the size of g (wte's is 150 MB for GPT-2)
+    return math.sqrt(float(sum(get_array_module(g).vdot(g.ravel(), g.ravel()) for g in grads.values())))
 
 
 def clip_grad_norm(grads, max_norm):
