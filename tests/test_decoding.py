@@ -238,19 +238,20 @@ def test_bad_options_command(args, needle):
 def test_command_beams_stop_and_penalty():
     """The command prints each returned beam, and a row's text ends before its stop string."""
     tok = picogpt.get_tokenizer()
-    r = run_module("picogpt.generate", "hello", "--model", TINY, "--max-new-tokens", "30", "--num-beams", "3",
+    prompt = "The"    # token 464: inside the tiny model's vocabulary of 1000
+    r = run_module("picogpt.generate", prompt, "--model", TINY, "--max-new-tokens", "30", "--num-beams", "3",
                    "--num-return-sequences", "2", "--repetition-penalty", "1.3", "--no-repeat-ngram-size", "2")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("---------- sequence") == 2
     model = picogpt.load_model(TINY)
-    ids = tok.encode("hello")
+    ids = tok.encode(prompt)
     out = generate(model, [ids], 30, num_beams=3, num_return_sequences=2, repetition_penalty=1.3, no_repeat_ngram_size=2)
     for row in out:
-        assert "hello" + tok.decode([t for t in row[len(ids):] if t != tok.eot_token]) in r.stdout
+        assert prompt + tok.decode([t for t in row[len(ids):] if t != tok.eot_token]) in r.stdout
     free = generate(model, ids, 30, temperature=0.0)
     text = tok.decode(free[len(ids):].tolist())
     stop = text[10:12]
-    r = run_module("picogpt.generate", "hello", "--model", TINY, "--max-new-tokens", "30", "--temperature", "0",
+    r = run_module("picogpt.generate", prompt, "--model", TINY, "--max-new-tokens", "30", "--temperature", "0",
                    "--stop", stop, "--stop", "\x01")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "hello" + text[:text.index(stop)] + "\n"
+    assert r.stdout == prompt + text[:text.index(stop)] + "\n"
