@@ -11,7 +11,10 @@ layout so that every projection is `x @ W + b`:
     h.{i}.mlp.c_proj.weight (4C, C)  .bias (C,)
 
 The LM head is tied to `wte`: logits = ln_f(x) @ wte^T. LoRA adapters, when present, add
-`<name>.lora_A` (in, r) and `<name>.lora_B` (r, out) beside a projection's weight.
+`<name>.lora_A` (in, r) and `<name>.lora_B` (r, out) beside a projection's weight; a prefix
+(`prefix.*`, picogpt/peft/prefix.py) adds keys and values in front of every layer's; bottleneck
+adapters (`h.{i}.adapter_attn.*`, `h.{i}.adapter_mlp.*`, picogpt/peft/adapters.py) follow a
+sublayer, before its residual add.
 
 `forward` returns the logits and the caches of every op, by name (ForwardCache, one
 BlockCache per block); `backward` walks the same ops bottom-up, calling each op's backward
@@ -27,6 +30,8 @@ from .backend import asnumpy, get_array_module, resolve_device, to_device
 from .dtypes import resolve_dtype
 from .errors import PicoGPTError
 from .generation import generate
+from .peft import adapters as AD
+from .peft import prefix as PX
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
@@ -41,13 +46,16 @@ class BlockCache:
     ln1: tuple = None     # layernorm_forward: ln_1
     qkv: tuple = None     # _linear: attn.c_attn (x -> [q | k | v])
     att: tuple = None     # attention_forward: (q, k, v, softmax cache, dropped probs, dropout cache, scale)
+    prefix: bool = False  # True: `att` is prefix_attention_forward's cache (keys and values behind a prefix)
     proj: tuple = None    # _linear: attn.c_proj
     drop1: tuple = None   # dropout_forward on the attention branch
+    adapter_attn: tuple = None   # adapter_forward after the attention (Houlsby), if any
     ln2: tuple = None     # layernorm_forward: ln_2
     fc: tuple = None      # _linear: mlp.c_fc
     gelu: tuple = None    # gelu_forward
     mproj: tuple = None   # _linear: mlp.c_proj
     drop2: tuple = None   # dropout_forward on the MLP branch
+    adapter_mlp: tuple = None    # adapter_forward after the MLP, if any
 
 
 @dataclass
@@ -57,6 +65,7 @@ class ForwardCache:
     blocks is empty when forward ran with keep_caches=False; head is None when it ran with
     head=False (the loss then applies the head itself).
     """
+    prefix: tuple = None  # prefix_forward: the prefix table's cache (None: no prefix, or a KV cache holds it)
     wte: tuple = None     # embedding_forward: token lookup
     wpe: tuple = None     # embedding_forward: position lookup
     drop: tuple = None    # dropout_forward on the embeddings
@@ -83,6 +92,7 @@ class KVCache:
         self.v = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
         self.max_len = max_len
         self.length = 0
+        self.prefix = 0   # how many of the first positions hold a prefix (peft.prefix.fill_cache)
         self.pad = None if pad is None else xp.asarray(pad)
 
     def append(self, layer, k, v):
@@ -114,13 +124,14 @@ class KVCache:
             self.pad = self.pad[rows]
 
 
-def positions_and_mask(xp, t, start=0, pad=None):
+def positions_and_mask(xp, t, start=0, pad=None, prefix=0):
     """Position ids and the attention mask for `t` new tokens after `start` cached ones.
 
     Without padding: positions (T,) = start .. start+T-1 and the causal mask (Tq, Tk), or None
     when a single query may see every key (decoding). With left padding `pad` (B,): row b's
     real tokens start at pad[b], so its positions are shifted by pad[b] and its padding keys
-    are hidden; a padding query still sees itself, so no softmax row is all -inf.
+    are hidden; a padding query still sees itself, so no softmax row is all -inf. A prefix
+    (the first `prefix` cached positions, before any padding) is seen by every query.
     """
     tk = start + t
     if pad is None:
@@ -130,7 +141,7 @@ def positions_and_mask(xp, t, start=0, pad=None):
     keys = xp.arange(tk)                                             # (Tk,)
     pos = xp.maximum(q_abs[None, :] - pad[:, None], 0)               # (B, Tq)
     causal = keys[None, :] <= q_abs[:, None]                         # (Tq, Tk)
-    real = keys[None, None, :] >= pad[:, None, None]                 # (B, 1, Tk)
+    real = (keys[None, None, :] >= prefix + pad[:, None, None]) | (keys < prefix)   # (B, 1, Tk)
     itself = keys[None, :] == q_abs[:, None]                         # (Tq, Tk)
     mask = (causal[None] & real) | itself[None]                      # (B, Tq, Tk)
     return pos, mask[:, None]                                        # mask (B, 1, Tq, Tk)
@@ -173,8 +184,9 @@ def _linear_backward(dy, cache, name, grads, wanted):
     return dx
 
 
-def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0):
-    """One pre-LN transformer block. x (B, T, C) -> (B, T, C).
+def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0, prefix=None):
+    """One pre-LN transformer block. x (B, T, C) -> (B, T, C). prefix: this layer's (pk, pv),
+    each (H, P, D), put in front of the keys and values (training; generation has them in kv).
 
         x = x + dropout(attn(ln_1(x)))
         x = x + dropout(mlp(ln_2(x)))
@@ -187,17 +199,34 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0)
     q, k, v = (L.split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))
     if kv is not None:
         k, v = kv.append(i, k, v)
-    a, c.att = L.attention_forward(q, k, v, mask, drop, rng)
+    if prefix is None:
+        a, c.att = L.attention_forward(q, k, v, mask, drop, rng)
+    else:
+        a, c.att = PX.prefix_attention_forward(q, k, v, *prefix, mask, drop, rng)
+        c.prefix = True
     a, c.proj = _linear(params, p + "attn.c_proj", L.merge_heads(a), lora_scale)
     a, c.drop1 = L.dropout_forward(a, drop, rng)
+    if (w := AD.adapter_weights(params, p + "adapter_attn")) is not None:
+        a, c.adapter_attn = AD.adapter_forward(a, *w)
     x, _ = L.residual_forward(x, a)
     h, c.ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
     h, c.fc = _linear(params, p + "mlp.c_fc", h, lora_scale)
     h, c.gelu = L.gelu_forward(h)
     h, c.mproj = _linear(params, p + "mlp.c_proj", h, lora_scale)
     h, c.drop2 = L.dropout_forward(h, drop, rng)
+    if (w := AD.adapter_weights(params, p + "adapter_mlp")) is not None:
+        h, c.adapter_mlp = AD.adapter_forward(h, *w)
     x, _ = L.residual_forward(x, h)
     return x, c
+
+
+def _adapter_backward(dh, cache, name, grads):
+    """Backward of a bottleneck adapter, if the block has one there: its gradients go into grads."""
+    if cache is None:
+        return dh
+    dh, *dw = AD.adapter_backward(dh, cache)
+    grads.update({f"{name}.{part}": g for part, g in zip(AD.PARTS, dw)})
+    return dh
 
 
 def block_backward(dx, c, i, config, grads, wanted):
@@ -205,6 +234,7 @@ def block_backward(dx, c, i, config, grads, wanted):
     p = f"h.{i}."
     # x = x + dropout(mlp(ln_2(x)))
     dx, dh = L.residual_backward(dx)
+    dh = _adapter_backward(dh, c.adapter_mlp, p + "adapter_mlp", grads)
     dh = L.dropout_backward(dh, c.drop2)
     dh = _linear_backward(dh, c.mproj, p + "mlp.c_proj", grads, wanted)
     dh = L.gelu_backward(dh, c.gelu)
@@ -213,9 +243,13 @@ def block_backward(dx, c, i, config, grads, wanted):
     dx = dx + dh
     # x = x + dropout(attn(ln_1(x)))
     dx, da = L.residual_backward(dx)
+    da = _adapter_backward(da, c.adapter_attn, p + "adapter_attn", grads)
     da = L.dropout_backward(da, c.drop1)
     da = L.split_heads(_linear_backward(da, c.proj, p + "attn.c_proj", grads, wanted), config.n_head)
-    dq, dk, dv = L.attention_backward(da, c.att)
+    if c.prefix:   # the prefix's keys and values get their gradient here, collected by backward_hidden
+        dq, dk, dv, grads[p + "prefix_k"], grads[p + "prefix_v"] = PX.prefix_attention_backward(da, c.att)
+    else:
+        dq, dk, dv = L.attention_backward(da, c.att)
     xp = get_array_module(dx)
     dqkv = xp.concatenate([L.merge_heads(d) for d in (dq, dk, dv)], axis=-1)
     dh = _linear_backward(dqkv, c.qkv, p + "attn.c_attn", grads, wanted)
@@ -231,6 +265,8 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
 
     kv           a KVCache (inference): positions continue from kv.length, each layer
                  appends its keys and values, and the cache advances by T at the end.
+    kv=None with a prefix in params: the prefix's keys and values go in front of every
+                 layer's, and positions start after them, as if a KV cache held them.
     rng          a random Generator: turns dropout on (training); None: no dropout.
     lora_scale   alpha / rank of the LoRA adapters in `params`, if any.
     last_only    the generation step: only the last position goes through ln_f and the LM
@@ -243,17 +279,18 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     """
     xp = get_array_module(params["wte.weight"])
     B, T = ids.shape
-    start = kv.length if kv is not None else 0
+    caches = ForwardCache()
+    prefix, caches.prefix = PX.prefix_forward(params, config) if kv is None else (None, None)
+    start = kv.length if kv is not None else PX.prefix_length(params)
     pad = kv.pad if kv is not None else None
-    pos, mask = positions_and_mask(xp, T, start, pad)
+    pos, mask = positions_and_mask(xp, T, start, pad, kv.prefix if kv is not None else 0)
     drop = config.dropout if rng is not None else 0.0
 
-    caches = ForwardCache()
     tok, caches.wte = L.embedding_forward(ids, params["wte.weight"])
     posv, caches.wpe = L.embedding_forward(xp.broadcast_to(pos, (B, T)), params["wpe.weight"])
     x, caches.drop = L.dropout_forward(tok + posv, drop, rng)
     for i in range(config.n_layer):
-        x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale)
+        x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale, prefix and prefix[i])
         if keep_caches:
             caches.blocks.append(c)
     if kv is not None:
@@ -300,6 +337,9 @@ def backward_hidden(dx, caches, config, wanted, dwte_head=None):
         grads["wte.weight"] = L.embedding_backward(dtok, caches.wte)
         if dwte_head is not None:
             grads["wte.weight"] += dwte_head
+    if caches.blocks and caches.blocks[0].prefix:
+        dkv = [(grads.pop(f"h.{i}.prefix_k"), grads.pop(f"h.{i}.prefix_v")) for i in range(config.n_layer)]
+        grads.update(PX.prefix_backward(dkv, caches.prefix, wanted))
     return {k: g for k, g in grads.items() if k in wanted}
 
 
@@ -430,7 +470,7 @@ class GPT2:
     def _ids_and_targets(self, ids, targets, ignore_index):
         """Both checked (ranges, context, equal shapes) and on the model's device."""
         ids = self._ids(ids)
-        self._check_context(ids.shape[1])
+        self._check_context(ids.shape[1] + PX.prefix_length(self.params))
         targets = self._ids(targets, "targets", allow=ignore_index)
         if targets.shape != ids.shape:
             raise PicoGPTError(f"targets {targets.shape} and ids {ids.shape} must have the same shape.")
@@ -446,14 +486,18 @@ class GPT2:
         head=False returns the final hidden states (B, T, C) (after ln_f) instead, for callers
         that need the LM head on a few rows only (picogpt.score)."""
         ids = self._ids(ids)
-        self._check_context(ids.shape[1] + (kv.length if kv is not None else 0))
+        self._check_context(ids.shape[1] + (kv.length if kv is not None else PX.prefix_length(self.params)))
         return forward(self.params, self.config, ids, kv=kv, lora_scale=self.lora_scale, head=head, keep_caches=False)[0]
 
     __call__ = forward
 
     def new_cache(self, batch, max_len=None, pad=None):
-        """An empty KVCache for `batch` rows and up to `max_len` (default n_ctx) positions."""
-        return KVCache(self.config, batch, max_len or self.config.n_ctx, self.xp, self.dtype, pad)
+        """A KVCache for `batch` rows and up to `max_len` (default n_ctx) positions, empty; or,
+        with a prefix, holding it in P more positions (within n_ctx), where generation starts."""
+        max_len, P = max_len or self.config.n_ctx, PX.prefix_length(self.params)
+        if P:
+            max_len = min(max_len + P, self.config.n_ctx)
+        return PX.fill_cache(KVCache(self.config, batch, max_len, self.xp, self.dtype, pad), self.params, self.config)
 
     def next_logits(self, ids, kv):
         """The generation step: ids int (B, T) already on the device (unchecked) -> logits (B, V)
