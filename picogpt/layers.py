@@ -216,15 +216,16 @@ def _erf_parts(z):
         d/dz [1 - P(t) e^{-z^2}] = e^{-z^2} (2 z P(t) + p t^2 P'(t))     (z >= 0; even in z)
 
     so that a gradient check of anything built on it agrees to float64 rounding, not to 1e-7.
-    It differs from the true derivative 2/sqrt(pi) e^{-z^2} by about 1e-6.
+    It differs from the true derivative 2/sqrt(pi) e^{-z^2} by less than 1e-5.
     """
     xp = get_array_module(z)
     a = xp.abs(z)
     t = 1.0 / (1.0 + _ERF_P * a)
     P, dP = xp.zeros_like(t), xp.zeros_like(t)
-    for k in range(len(_ERF_A), 0, -1):     # Horner: P = t (a1 + t (a2 + ...)), and P'
-        dP = dP * t + P
-        P = (P + _ERF_A[k - 1]) * t
+    for a_k in reversed(_ERF_A):            # Horner: P = t (a1 + t (a2 + ...)), and P' beside it
+        inner = P + a_k
+        dP = dP * t + inner                 # (inner * t)' = inner' t + inner
+        P = inner * t
     e = xp.exp(-a * a)
     return xp.sign(z) * (1.0 - P * e), e * (2.0 * a * P + _ERF_P * t * t * dP)
 

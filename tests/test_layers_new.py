@@ -1,0 +1,172 @@
+"""The newer ops of picogpt.layers and the in-place rewrites of the older ones.
+
+- gelu_exact (erf form, nanoGPT's and torch's nn.GELU()), layer norm without shift (b=None),
+  linear without bias: gradcheck in float64 over hypothesis shapes, as tests/test_gradients.py.
+- erf and gelu_exact against references: Python's math.erf (float64) and torch's GELU and its
+  gradient (tests/fixtures/gelu_exact.npz, written by tests/fixtures/make_gelu_exact.py).
+- The in-place versions of GELU, layer norm, softmax and attention equal the plain formulas
+  their docstrings give, bit for bit in float32: a speed trick may not change a result.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from picogpt import layers as L
+from picogpt.gradcheck import check_op
+
+TOL = 1e-6
+FIXTURE = Path(__file__).parent / "fixtures" / "gelu_exact.npz"
+seeds = st.integers(0, 2**32 - 1)
+small = st.integers(1, 4)
+shapes = st.tuples(small, st.integers(1, 5), st.integers(1, 8))
+
+
+def normal(xp, seed, shape, scale=1.0, offset=0.0, dtype=np.float64):
+    return xp.asarray((np.random.default_rng(seed).standard_normal(shape) * scale + offset).astype(dtype))
+
+
+def assert_ok(result):
+    assert result.ok and result.max_rel_error <= TOL, "\n" + result.report()
+
+
+# --- gradients, float64 -------------------------------------------------------------------
+
+@given(shape=shapes, scale=st.sampled_from([0.01, 1.0, 3.0, 10.0]), seed=seeds)
+def test_gelu_exact_gradcheck(xp, shape, scale, seed):
+    assert_ok(check_op(L.gelu_exact_forward, L.gelu_exact_backward, [normal(xp, seed, shape, scale)]))
+
+
+@given(shape=shapes, scale=st.sampled_from([0.1, 1.0, 10.0]), offset=st.floats(-5, 5), seed=seeds)
+def test_layernorm_without_shift_gradcheck(xp, shape, scale, offset, seed):
+    x, g = normal(xp, seed, shape, scale, offset), normal(xp, seed + 1, shape[-1:], 1.0, 1.0)
+    assert_ok(check_op(lambda x, g: L.layernorm_forward(x, g, None), L.layernorm_backward, [x, g]))
+    out, cache = L.layernorm_forward(x, g, None)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(L.layernorm_forward(x, g, xp.zeros_like(g))[0]))
+    assert L.layernorm_backward(xp.ones_like(x), cache)[2] is None
+
+
+@given(lead=st.lists(small, min_size=1, max_size=3), n_in=st.integers(1, 6), n_out=st.integers(1, 6), seed=seeds)
+def test_linear_without_bias_gradcheck(xp, lead, n_in, n_out, seed):
+    x, W = normal(xp, seed, (*lead, n_in)), normal(xp, seed + 1, (n_in, n_out))
+    assert_ok(check_op(lambda x, W: L.linear_forward(x, W, None), L.linear_backward, [x, W]))
+    out, cache = L.linear_forward(x, W, None)
+    assert L.linear_backward(xp.ones_like(out), cache)[2] is None
+
+
+# --- erf and the exact GELU against their references -------------------------------------
+
+@given(z=st.floats(-30, 30, allow_nan=False))
+def test_erf_matches_math_erf(z):
+    assert abs(float(L.erf(np.array(z))) - math.erf(z)) <= 1.5e-7
+
+
+def test_erf_is_odd_and_its_derivative_is_close_to_the_true_one():
+    z = np.linspace(-6, 6, 20001)
+    e, de = L._erf_parts(z)
+    np.testing.assert_array_equal(L.erf(-z), -L.erf(z))
+    np.testing.assert_allclose(de, 2 / math.sqrt(math.pi) * np.exp(-z * z), atol=1e-5)
+
+
+def test_gelu_exact_matches_x_times_the_normal_distribution_function():
+    x = np.linspace(-12, 12, 4801)
+    phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(L.gelu_exact_forward(x)[0], x * phi, rtol=0, atol=0.5 * 12 * 1.5e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_exact_matches_torch(dtype):
+    ref = np.load(FIXTURE)
+    x = ref["x"].astype(dtype)
+    out, cache = L.gelu_exact_forward(x)
+    dx = L.gelu_exact_backward(np.ones_like(x), cache)
+    assert out.dtype == dx.dtype == np.dtype(dtype)
+    # the erf approximation is within 1.5e-7, so gelu within 0.5 |x| 1.5e-7 (|x| <= 10)
+    np.testing.assert_allclose(out, ref[f"gelu_{dtype}"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dx, ref[f"grad_{dtype}"], rtol=0, atol=1e-6)
+
+
+def test_exact_and_tanh_gelu_differ_by_what_gpt2_papers_say():
+    x = np.linspace(-6, 6, 1201)
+    gap = np.abs(L.gelu_exact_forward(x)[0] - L.gelu_forward(x)[0]).max()
+    assert 1e-4 < gap < 1e-3
+
+
+# --- the in-place ops equal their plain formulas, bit for bit ------------------------------
+
+def plain_gelu(x):
+    t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x))
+    return 0.5 * x * (1.0 + t), t
+
+
+def plain_gelu_backward(dout, x, t):
+    du = math.sqrt(2 / math.pi) * (1.0 + 3 * 0.044715 * x * x)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+def plain_layernorm(x, g, b, eps=1e-5):
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / ((xc * xc).mean(axis=-1, keepdims=True) + eps) ** 0.5
+    n = xc * rstd
+    return n * g + b, n, rstd
+
+
+def plain_layernorm_backward(dout, n, rstd, g):
+    dn = dout * g
+    dx = rstd * (dn - dn.mean(axis=-1, keepdims=True) - n * (dn * n).mean(axis=-1, keepdims=True))
+    return dx, (dout * n).sum(axis=(0, 1)), dout.sum(axis=(0, 1))
+
+
+@given(shape=shapes, scale=st.sampled_from([0.1, 1.0, 30.0]), seed=seeds)
+def test_inplace_gelu_and_layernorm_equal_the_plain_formulas(shape, scale, seed):
+    x, dout = normal(np, seed, shape, scale, dtype=np.float32), normal(np, seed + 1, shape, dtype=np.float32)
+    g, b = normal(np, seed + 2, shape[-1:], dtype=np.float32), normal(np, seed + 3, shape[-1:], dtype=np.float32)
+    out, cache = L.gelu_forward(x)
+    want, t = plain_gelu(x)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(L.gelu_backward(dout, cache), plain_gelu_backward(dout, x, t))
+    out, cache = L.layernorm_forward(x, g, b)
+    want, n, rstd = plain_layernorm(x, g, b)
+    np.testing.assert_array_equal(out, want)
+    for got, w in zip(L.layernorm_backward(dout, cache), plain_layernorm_backward(dout, n, rstd, g)):
+        np.testing.assert_array_equal(got, w)
+
+
+@given(B=small, H=small, T=st.integers(1, 6), D=st.integers(1, 5), seed=seeds)
+def test_inplace_attention_equals_the_plain_formulas(B, H, T, D, seed):
+    q, k, v, dout = (normal(np, seed + i, (B, H, T, D), dtype=np.float32) for i in range(4))
+    mask = L.causal_mask(np, T, T)
+    out, cache = L.attention_forward(q, k, v, mask)
+    scale = 1.0 / math.sqrt(D)
+    s = np.where(mask, (q * scale) @ k.swapaxes(-1, -2), -np.inf)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    np.testing.assert_array_equal(out, p @ v)
+    dp = dout @ v.swapaxes(-1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
+    for got, w in zip(L.attention_backward(dout, cache), (ds @ k, ds.swapaxes(-1, -2) @ q, p.swapaxes(-1, -2) @ dout)):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_softmax_leaves_its_inputs_alone_unless_told():
+    x = normal(np, 0, (3, 7), dtype=np.float32)
+    dout = normal(np, 1, (3, 7), dtype=np.float32)
+    x0, d0 = x.copy(), dout.copy()
+    p, cache = L.softmax_forward(x)
+    dx = L.softmax_backward(dout, cache)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dout, d0)
+    p2, _ = L.softmax_forward(x, overwrite=True)
+    assert np.shares_memory(p2, x)
+    np.testing.assert_array_equal(p2, p)
+    np.testing.assert_array_equal(L.softmax_backward(dout, cache, overwrite=True), dx)
+
+
+def test_keep_freed_memory_is_harmless_to_call_twice():
+    first = L.keep_freed_memory()
+    assert L.keep_freed_memory() == first
+    assert isinstance(first, bool)
