@@ -3,28 +3,53 @@
     python -m picogpt.data examples/shakespeare.txt --out data/shakespeare
 
 writes `train.bin` and `val.bin` (GPT-2 token ids as uint16: every id < 65536) and `meta.json`.
+`--tokenizer char` (one token per character of the text) or `--tokenizer bpe:N` (a byte-level
+BPE of N tokens learned from the text) make the folder's own tokenizer instead, written to
+`tokenizer.json` beside the ids (picogpt.tokenizers); `python -m picogpt.train` takes the model's
+vocabulary from it and puts it in the model folder, where generate and eval find it.
 The validation split is the LAST `--val-fraction` of the text (default 5%), so it is text the
 model never saw, not a shuffled sample of it. Batches are random windows of the train split.
+
+Examples for fine-tuning (JSON lines; the formats and the template are in picogpt.sft):
+
+    python -m picogpt.data --task sft examples/dialogue/train.jsonl --val examples/dialogue/val.jsonl --out data/dialogue
+    python -m picogpt.data --task classify examples/genre/train.jsonl --val examples/genre/val.jsonl --out data/genre
+    python -m picogpt.data --task sft examples/dialogue/train.jsonl --show 2     # as the model sees them
+
+write train/val examples with sft.write_examples (ids + offsets + loss masks, or labels) and a
+meta.json whose "task" tells `python -m picogpt.train --data DIR` what to train. Without --val,
+the last --val-fraction of the records is the validation split. A classifier's label names are
+those of the training file, sorted (meta.json "label_names"); a validation record with another
+label is an error naming its line.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from . import sft
 from .cli import run_command
 from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
 from .tokenizer import get_tokenizer
+from .tokenizers import MAX_VOCAB, make_tokenizer, read_tokenizer, stderr_log, write_tokenizer
+from .tokenizers import kind as tokenizer_kind
 
 DEFAULT_VAL_FRACTION = 0.05
 
 
-def tokenize_file(path, purpose="to train on"):
-    """Read a UTF-8 text file and tokenise it with GPT-2's BPE -> uint16 ids (N,).
+def tokenize_file(path, purpose="to train on", tok=None):
+    """Read a UTF-8 text file and tokenise it with `tok` (default GPT-2's BPE) -> uint16 ids (N,).
 
     purpose: what the text is for, in the message for an empty file ("to train on", "to score")."""
+    return np.array((tok or get_tokenizer()).encode(read_text(path, purpose)), dtype=np.uint16)
+
+
+def read_text(path, purpose="to train on"):
+    """A UTF-8 text file's text; a missing, unreadable or empty file is one sentence."""
     path = Path(path)
     if not path.is_file():
         raise PicoGPTError(f"no text file at {path}.")
@@ -36,7 +61,7 @@ def tokenize_file(path, purpose="to train on"):
         raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
     if not text.strip():
         raise PicoGPTError(f"{path} is empty: there is no text {purpose}.")
-    return np.array(get_tokenizer().encode(text), dtype=np.uint16)
+    return text
 
 
 def split(ids, val_fraction=DEFAULT_VAL_FRACTION):
@@ -47,19 +72,44 @@ def split(ids, val_fraction=DEFAULT_VAL_FRACTION):
     return ids[:-n_val], ids[-n_val:]
 
 
-def prepare(text_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION):
-    """Tokenise `text_file` into out_dir/{train,val}.bin and meta.json; returns the meta dict."""
-    ids = tokenize_file(text_file)
+def prepare(text_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION, tokenizer="gpt2", log=None):
+    """Tokenise `text_file` into out_dir/{train,val}.bin and meta.json; returns the meta dict.
+
+    tokenizer: 'gpt2', 'char' or 'bpe:N' (made from the text, written to out_dir/tokenizer.json);
+    log(str) shows a BPE's training progress."""
+    text = read_text(text_file)
+    split(np.arange(2), val_fraction)   # a bad fraction is refused before a BPE is trained
+    tok = make_tokenizer(tokenizer, text, log)
+    ids = np.array(tok.encode(text), dtype=np.uint16)
     train, val = split(ids, val_fraction)
     out = make_folder(out_dir, "output folder (--out)")
+    write_tokenizer(tok, out)
     for name, part in (("train", train), ("val", val)):
         with atomic_open(out / f"{name}.bin") as f:
             f.write(part.tobytes())
-    meta = {"source": str(text_file), "tokenizer": "gpt2", "dtype": "uint16", "tokens": int(len(ids)),
+    meta = {"source": str(text_file), "tokenizer": tokenizer_kind(tok), "vocab_size": tok.n_vocab,
+            "dtype": "uint16", "tokens": int(len(ids)),
             "train_tokens": int(len(train)), "val_tokens": int(len(val)), "val_fraction": val_fraction,
             "split": "validation = the last val_fraction of the tokens"}
     write_json(out / "meta.json", meta)
     return meta
+
+
+def data_tokenizer(data):
+    """The tokenizer a data folder's ids belong to (its tokenizer.json; none: GPT-2's), checked
+    against meta.json's "tokenizer"; a text file is tokenised with GPT-2's."""
+    path = Path(data)
+    if not path.is_dir():
+        return get_tokenizer()
+    tok, meta = read_tokenizer(path), path / "meta.json"
+    try:
+        said = json.loads(meta.read_text()).get("tokenizer", "gpt2") if meta.is_file() else "gpt2"
+    except (OSError, ValueError, AttributeError):
+        raise PicoGPTError(f"{meta} is not a readable meta.json: prepare {data} again with `python -m picogpt.data`.") from None
+    if said != tokenizer_kind(tok):
+        raise PicoGPTError(f"{meta} says the ids are {said} tokens but the folder's tokenizer.json is "
+                           f"{tokenizer_kind(tok)}'s (none means gpt2): prepare {data} again with `python -m picogpt.data`.")
+    return tok
 
 
 def load_split(data, name):
@@ -109,6 +159,61 @@ def get_batch(ids, batch_size, block_size, rng):
     return x, y
 
 
+# --- examples: SFT and classification (JSONL -> picogpt.sft's on-disk format) ---------------
+
+TASKS = ("lm", "sft", "classify")
+
+
+def encode_examples(task, path, tok, label_names=None):
+    """A JSONL file's examples: (ids list, masks or None, labels or None, label names)."""
+    if task == "sft":
+        pairs = [sft.encode_record(turns, tok) for turns in sft.read_sft_jsonl(path)]
+        return [p[0] for p in pairs], [p[1] for p in pairs], None, None
+    texts, labels, names = sft.read_classify_jsonl(path, label_names)
+    ids = [tok.encode_ordinary(t) for t in texts]
+    for (n, _), row in zip(sft.read_jsonl(path), ids):
+        if not row:
+            raise PicoGPTError(f"{path} line {n}: 'text' is empty: there is nothing to classify.")
+    return ids, None, labels, names
+
+
+def prepare_examples(task, train_file, out_dir, val_file=None, val_fraction=DEFAULT_VAL_FRACTION):
+    """Tokenise a JSONL file of SFT or classification records into out_dir (train + val
+    splits, see picogpt.sft.write_examples); returns meta.json's dict."""
+    if task not in ("sft", "classify"):
+        raise PicoGPTError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}.")
+    tok = get_tokenizer()
+    train = encode_examples(task, train_file, tok)
+    names = train[3]
+    if val_file is not None:
+        val = encode_examples(task, val_file, tok, names)
+    else:  # the last records, as a text's validation split is its end
+        keep, held = split(np.arange(len(train[0])), val_fraction)
+        if len(keep) == 0:
+            raise PicoGPTError(f"{train_file} holds {len(train[0])} record(s): too few to keep some for validation; "
+                               "give --val FILE.")
+        train, val = ([None if part is None else [part[i] for i in idx] for part in train[:3]] + [names]
+                      for idx in (keep, held))
+    out = make_folder(out_dir, "output folder (--out)")
+    extra = {"label_names": names} if task == "classify" else {}
+    source = {"train": str(train_file), "val": str(val_file) if val_file else f"the last records of {train_file}"}
+    for name, part in (("train", train), ("val", val)):
+        meta = sft.write_examples(out, name, part[0], masks=part[1], labels=part[2], task=task, source=source, **extra)
+    return meta
+
+
+def show_examples(task, path, count):
+    """The first `count` records as the model sees them: SFT with trained spans in [[ ]]; a
+    classification record as its label and its text."""
+    tok = get_tokenizer()
+    if task == "sft":
+        return sft.show(path, tok, count)
+    texts, labels, names = sft.read_classify_jsonl(path)
+    return "\n".join(f"--- record {i + 1}: {len(tok.encode_ordinary(t))} tokens, label {names[y]!r} "
+                     f"(id {y} of {len(names)}); the logits are read at the last token\n{t}"
+                     for i, (t, y) in enumerate(list(zip(texts, labels))[:count]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m picogpt.data",
                                 description="Tokenise a UTF-8 text file with GPT-2's BPE into train.bin / val.bin (uint16).",
@@ -118,13 +223,50 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder (default: data/<file name without suffix>)")
     p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help=f"the last fraction kept for validation (default {DEFAULT_VAL_FRACTION})")
+    p.add_argument("--tokenizer", default="gpt2", metavar="gpt2|char|bpe:N",
+                   help="gpt2: GPT-2's BPE (default); char: one token per character of the text; bpe:N: a "
+                        f"byte-level BPE of N tokens (256 <= N <= {MAX_VOCAB:,}) learned from the text; the folder "
+                        "keeps it in tokenizer.json and a model trained on it carries it")
+    p.add_argument("--task", choices=TASKS, default="lm",
+                   help="lm: a text to predict (default); sft: JSONL prompt/response or chat records; "
+                        "classify: JSONL {\"text\", \"label\"} records")
+    p.add_argument("--val", default=None, metavar="FILE",
+                   help="sft/classify: a JSONL file for the validation split (default: the last --val-fraction of the records)")
+    p.add_argument("--show", type=int, default=None, metavar="N",
+                   help="sft/classify: print the first N records as the model sees them (trained tokens in [[ ]]) "
+                        "and write nothing")
     return run_command(_prepare_command, p.parse_args(argv))
 
 
 def _prepare_command(args):
+    if args.tokenizer != "gpt2" and args.task != "lm":
+        raise PicoGPTError("--tokenizer char or bpe:N makes a tokenizer from a text (--task lm); examples for "
+                           "fine-tuning use GPT-2's.")
+    if args.task != "lm":
+        return _examples_command(args)
+    if args.val is not None or args.show is not None:
+        raise PicoGPTError("--val and --show are for --task sft or --task classify (JSONL records); "
+                           "a text's validation split is its last --val-fraction.")
     out = args.out or str(Path("data") / Path(args.text).stem)
-    meta = prepare(args.text, out, args.val_fraction)
-    print(f"{meta['tokens']:,} tokens -> {out}/train.bin ({meta['train_tokens']:,}) and val.bin ({meta['val_tokens']:,})")
+    meta = prepare(args.text, out, args.val_fraction, args.tokenizer, stderr_log)
+    print(f"{meta['tokens']:,} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']:,}) -> {out}/train.bin "
+          f"({meta['train_tokens']:,}) and val.bin ({meta['val_tokens']:,})")
+
+
+def _examples_command(args):
+    if args.show is not None:
+        if args.show < 1:
+            raise PicoGPTError(f"--show must be >= 1 record, got {args.show}.")
+        print(show_examples(args.task, args.text, args.show))
+        return
+    stem = Path(args.text).stem
+    out = args.out or str(Path("data") / (Path(args.text).resolve().parent.name if stem == "train" else stem))
+    meta = prepare_examples(args.task, args.text, out, args.val, args.val_fraction)
+    counts = meta["splits"]
+    labels = f"; labels {', '.join(meta['label_names'])}" if args.task == "classify" else ""
+    print(f"{args.task}: {counts['train']['examples']:,} train / {counts['val']['examples']:,} val examples "
+          f"({counts['train']['tokens']:,} / {counts['val']['tokens']:,} tokens, longest "
+          f"{max(c['longest'] for c in counts.values())}){labels} -> {out}/")
 
 
 if __name__ == "__main__":

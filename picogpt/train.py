@@ -14,6 +14,19 @@ The output folder holds
   adapters.safetensors     (LoRA runs) the adapters alone
   log.jsonl                one JSON line per step (its own loss) and per evaluation
 
+Fine-tuning on examples: a folder made by `python -m picogpt.data --task sft|classify` has a
+meta.json naming its task, and the trainer follows it (see `task_of`): batches are whole
+examples from sft.ExampleBatches (padded targets -100; an example longer than the block is cut
+from the left and counted in the log); SFT's loss is the mean over the trained tokens; a
+classifier (a language model gets a new head, heads.make_classifier) is trained with
+heads.classification_loss_and_grads and evaluated with its accuracy too. `--epochs N` sets
+the steps to N passes over the training examples (or tokens); the sampler's (epoch, position)
+is in the checkpoint, so --resume stays exact.
+
+Early stopping (`--patience N`, any task): training stops after N evaluations without a lower
+validation loss. The folder's config.json + model.safetensors are then the BEST model (written
+at each improvement), while checkpoint.safetensors stays the last step, so --resume continues.
+
 Steps are counted from 1: "step 10" is the state after ten updates, in the progress line, in
 log.jsonl, in the checkpoint and in what `Trainer.step()` returns. The progress line's loss is
 the mean over the steps since the previous line; log.jsonl has each step's own.
@@ -30,8 +43,11 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
+from . import heads as H
+from . import layers as L
 from . import lora as lora_mod
 from . import safetensors
+from . import sft
 from .backend import asnumpy, make_rng, resolve_device, set_tf32, synchronize
 from .cli import clock, run_command
 from .config import get_config
@@ -39,6 +55,8 @@ from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
 from .memory import check_fits, training_bytes
 from .optim import AdamW, clip_grad_norm, lr_at
+from .tokenizers import describe, get_tokenizer
+from .tokenizers import same as same_tokenizer
 from .weights import init_model, load_model, save_model
 
 
@@ -50,6 +68,8 @@ class TrainConfig:
     n_layer: int | None = None      # overrides of the preset (scratch only)
     n_head: int | None = None
     n_embd: int | None = None
+    bias: bool | None = None        # False: no biases in linear layers and layer norms (scratch only; default True)
+    gelu: str | None = None         # tanh (GPT-2's, the default) | exact (erf, as nanoGPT and torch's nn.GELU)
     init: str = "scratch"           # scratch | shakespeare | gpt2 | gpt2-medium | ... | a checkpoint folder
     steps: int = 1000
     batch_size: int = 16
@@ -75,6 +95,8 @@ class TrainConfig:
     lora_alpha: float | None = None   # default: the rank (scale 1)
     val_fraction: float | None = None  # text files only (default 0.05); a prepared folder has its split
     resume: bool = False
+    epochs: int | None = None       # passes over the training data; when given, sets `steps`
+    patience: int | None = None     # early stopping: evaluations without a lower val loss (None = off)
 
     def check(self):
         """Refuse, in one sentence naming the flag, a setting that cannot train as the user means."""
@@ -106,11 +128,30 @@ class TrainConfig:
             raise PicoGPTError(f"--save-interval must be >= 1 step, got {self.save_interval}.")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise PicoGPTError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}.")
+        if self.epochs is not None and self.epochs < 1:
+            raise PicoGPTError(f"--epochs must be >= 1, got {self.epochs}.")
+        if self.patience is not None and self.patience < 1:
+            raise PicoGPTError(f"--patience must be >= 1 evaluation without a lower validation loss, got "
+                               f"{self.patience} (leave it out to train all the steps).")
         return self
 
 
+def task_of(data):
+    """'sft' or 'classify' for a folder made by `picogpt.data --task ...` (its meta.json says
+    which), else 'lm' (a text file, or a folder of train.bin / val.bin)."""
+    path = Path(data)
+    if path.is_dir() and (path / "meta.json").is_file():
+        task = sft.read_meta(path).get("task")
+        if task in ("sft", "classify"):
+            return task
+    return "lm"
+
+
 # The fields a resumed run must share with the checkpoint it continues.
-_MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype")
+_MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype")
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 class Trainer:
@@ -125,29 +166,42 @@ class Trainer:
             set_tf32(True)
         if not cfg.resume:
             self._check_out_is_free()
-        self.train_ids, self.val_ids = D.load_dataset(cfg.data, cfg.val_fraction)
+        self.task = task_of(cfg.data)   # lm | sft | classify
+        if self.task == "lm":
+            self.train_ids, self.val_ids = D.load_dataset(cfg.data, cfg.val_fraction)
+        else:
+            self._load_examples()
         self.model = self._build_model()
         self.block_size = cfg.block_size or self.model.config.n_ctx
         if self.block_size > self.model.config.n_ctx:
             raise PicoGPTError(f"a block size of {self.block_size} is longer than the model's context of "
                                f"{self.model.config.n_ctx} tokens.")
-        D.check_length(self.train_ids, self.block_size, "train")
-        D.check_length(self.val_ids, self.block_size, "validation")
+        if self.task == "lm":
+            D.check_length(self.train_ids, self.block_size, "train")
+            D.check_length(self.val_ids, self.block_size, "validation")
+        else:
+            self.batches = sft.ExampleBatches(self.examples["train"], cfg.batch_size, self.block_size, cfg.seed)
         V = self.model.config.vocab_size
         if int(self.train_ids.max()) >= V or int(self.val_ids.max()) >= V:
             raise PicoGPTError(f"the data holds GPT-2 token ids up to {int(max(self.train_ids.max(), self.val_ids.max()))}, "
                                f"but the model's vocabulary has only {V} tokens.")
+        if cfg.epochs is not None:
+            cfg.steps = self._steps_for_epochs(cfg.epochs)
         check_fits(training_bytes(self.model.config, cfg.batch_size, self.block_size, np.dtype(self.model.dtype).itemsize),
                    self.device, f"a micro-batch of {cfg.batch_size} x {self.block_size} tokens",
                    "lower --batch-size and raise --grad-accum to keep the tokens per step (or lower --block-size)")
         if cfg.lora_rank:
             self._check_lora_rank()
             self.trainable = lora_mod.add_lora(self.model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+            if H.SCORE in self.model.params:  # a new head must learn too (peft's modules_to_save=["score"])
+                self.trainable.append(H.SCORE)
         else:
             self.trainable = list(self.model.params)
         self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.step_num = 0
         self.best_val = None
+        self.best_step, self.since_best = None, 0   # early stopping: evaluations since the best
+        self.accuracy = {}                         # classify: the last evaluation's accuracy per split
         if cfg.resume:
             self._load_checkpoint()
 
@@ -180,18 +234,109 @@ class Trainer:
 
     def _build_model(self):
         cfg = self.cfg
-        sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None}
+        tok = D.data_tokenizer(cfg.data)   # the model's tokenizer must be the one of the data's ids
+        sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "bias", "gelu") if getattr(cfg, k) is not None}
         if cfg.init == "scratch":
-            config = get_config(cfg.model, **sizes)
+            config = get_config(cfg.model, **sizes, vocab_size=tok.n_vocab)
             if cfg.block_size:
                 config = config.replace(n_ctx=cfg.block_size)
             model = init_model(config, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
         else:
             if sizes:
-                raise PicoGPTError("--n-layer/--n-head/--n-embd apply to --init scratch only; a pretrained model keeps its sizes.")
+                raise PicoGPTError("--n-layer/--n-head/--n-embd/--bias/--gelu apply to --init scratch only; a pretrained "
+                                   "model keeps its sizes.")
             model = load_model(cfg.init, device=self.device, dtype=cfg.dtype)
+            if not same_tokenizer(tok, get_tokenizer(model)):
+                raise PicoGPTError(f"the data ({cfg.data}) is tokenised with {describe(tok)} but --init {cfg.init} uses "
+                                   f"{describe(get_tokenizer(model))}: prepare the data with the model's tokenizer, or "
+                                   "train with --init scratch.")
+        model.tokenizer = tok
+        model = self._model_for_task(model)
         model.config = model.config.replace(dropout=cfg.dropout)
         return model
+
+    # --- examples (sft / classify) --------------------------------------------------------
+    def _load_examples(self):
+        """Both splits of an examples folder; train_ids / val_ids are their concatenated tokens."""
+        self.examples = {split: sft.load_examples(self.cfg.data, split) for split in ("train", "val")}
+        self.train_ids, self.val_ids = self.examples["train"].ids, self.examples["val"].ids
+        self.labels = self.examples["train"].meta.get("label_names")
+        if self.task == "classify" and not self.labels:
+            raise PicoGPTError(f"{self.cfg.data}/meta.json names no labels (label_names): prepare it again with "
+                               "`python -m picogpt.data --task classify`.")
+
+    def _model_for_task(self, model):
+        """A classifier for `classify` (a language model gets a new head, as transformers
+        initialises it), a language model for the others."""
+        if self.task != "classify":
+            if model.config.labels:
+                raise PicoGPTError(f"--init {self.cfg.init} is a sequence classifier; {self.task} training needs a "
+                                   "language model.")
+            return model
+        if not model.config.labels:
+            return H.make_classifier(model, self.labels, seed=self.cfg.seed)
+        if list(model.config.labels) != list(self.labels):
+            raise PicoGPTError(f"--init {self.cfg.init} classifies into {', '.join(model.config.labels)}, but the data's "
+                               f"labels are {', '.join(self.labels)}.")
+        return model
+
+    def _steps_for_epochs(self, epochs):
+        """Steps that make `epochs` passes: over the examples, or over the train split's tokens."""
+        cfg = self.cfg
+        per_epoch = len(self.batches) if self.task != "lm" else \
+            -(-len(self.train_ids) // (cfg.batch_size * self.block_size))
+        return max(1, -(-epochs * per_epoch // cfg.grad_accum))
+
+    def _loss_and_grads(self, batch_rng, wanted, drop_rng):
+        """One micro-batch's (loss, grads, tokens processed, padding included): random windows
+        (lm) or the next examples."""
+        cfg, model = self.cfg, self.model
+        if self.task == "lm":
+            x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
+            return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size)
+        if self.task == "sft":
+            x, y = self.batches.next()
+            return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size)
+        x, lengths, labels = self.batches.next()
+        xp = model.xp
+        loss, _, grads = H.classification_loss_and_grads(model.params, model.config, xp.asarray(x), labels,
+                                                         lengths=xp.asarray(lengths), rng=drop_rng,
+                                                         lora_scale=model.lora_scale, wanted=wanted)
+        return float(loss), grads, x.size
+
+    def _data_summary(self):
+        """What the run trains on, for the first log line (and the truncated examples, counted)."""
+        if self.task == "lm":
+            return f"{len(self.train_ids):,} train / {len(self.val_ids):,} val tokens"
+        n = {k: len(e) for k, e in self.examples.items()}
+        labels = f" into {', '.join(self.labels)}" if self.task == "classify" else ""
+        return (f"{self.task}{labels}: {n['train']:,} train / {n['val']:,} val examples ({len(self.train_ids):,} / "
+                f"{len(self.val_ids):,} tokens), {self.batches.truncated:,} train examples longer than the block "
+                f"cut from the left, {len(self.batches):,} batches per epoch")
+
+    def _evaluate_examples(self, split):
+        """Mean loss over the first eval_batches batches of `split` in a fixed order (SFT: per
+        trained token; classify: per example, and the accuracy into self.accuracy[split])."""
+        cfg, model = self.cfg, self.model
+        # seed + 1: train's evaluation examples are not the first ones training sees
+        batches = sft.ExampleBatches(self.examples[split], cfg.batch_size, self.block_size, cfg.seed + 1)
+        total, count, correct = 0.0, 0, 0
+        for _ in range(min(cfg.eval_batches, len(batches))):
+            if self.task == "sft":
+                x, y = batches.next()
+                n = int((y != sft.IGNORE_INDEX).sum())
+                total, count = total + model.loss(x, y) * n, count + n
+                continue
+            x, lengths, labels = batches.next()
+            xp = model.xp
+            logits = H.classify(model.params, model.config, xp.asarray(x), lengths=xp.asarray(lengths),
+                                lora_scale=model.lora_scale)
+            total += float(L.cross_entropy_forward(logits, xp.asarray(labels))[0]) * len(labels)
+            correct += int((asnumpy(logits).argmax(axis=-1) == labels).sum())
+            count += len(labels)
+        if self.task == "classify":
+            self.accuracy[split] = correct / count
+        return total / count
 
     def lr(self, step):
         cfg = self.cfg
@@ -210,10 +355,10 @@ class Trainer:
         wanted = set(self.trainable)
         total, grads = 0.0, None
         t0 = time.perf_counter()
+        tokens = 0
         for _ in range(cfg.grad_accum):
-            x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
-            loss, g = model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng)
-            total += loss / cfg.grad_accum
+            loss, g, n = self._loss_and_grads(batch_rng, wanted, drop_rng)
+            total, tokens = total + loss / cfg.grad_accum, tokens + n
             if grads is None:
                 grads = g
             else:
@@ -230,11 +375,12 @@ class Trainer:
         synchronize(xp)
         seconds = time.perf_counter() - t0
         self.step_num += 1
-        tokens = cfg.grad_accum * cfg.batch_size * self.block_size
         return {"step": s + 1, "loss": total, "lr": lr, "grad_norm": norm, "tokens": tokens, "seconds": seconds}
 
     def evaluate(self, split="val"):
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
+        if self.task != "lm":
+            return self._evaluate_examples(split)
         return float(np.mean([self.model.loss(x, y) for x, y in self.eval_batches(split)]))
 
     def eval_batches(self, split):
@@ -258,14 +404,24 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self):
-        """Write checkpoint.safetensors (atomically), then the model for generation."""
+        """Write checkpoint.safetensors (atomically), then the model for generation (with
+        --patience the model files are written at each new best evaluation instead)."""
         make_folder(self.out, "output folder (--out)")
         arrays = {f"param:{k}": asnumpy(self.model.params[k]) for k in self.trainable}
         opt_arrays, opt_scalars = self.opt.state_dict()
         arrays.update({k: asnumpy(a) for k, a in opt_arrays.items()})
         meta = {"step": self.step_num, "train_config": json.dumps(asdict(self.cfg)), "optimizer": json.dumps(opt_scalars),
-                "model_config": json.dumps(asdict(self.model.config)), "best_val": json.dumps(self.best_val)}
+                "model_config": json.dumps(asdict(self.model.config)), "best_val": json.dumps(self.best_val),
+                "best_step": json.dumps(self.best_step), "since_best": json.dumps(self.since_best)}
+        if self.task != "lm":
+            meta["sampler"] = json.dumps(self.batches.state())
         safetensors.save(arrays, self.out / "checkpoint.safetensors", metadata=meta)
+        if not self.cfg.patience:  # with early stopping the model files hold the best model instead
+            self.save_model_files()
+
+    def save_model_files(self):
+        """config.json + model.safetensors (LoRA: merged, and adapters.safetensors) for generation."""
+        make_folder(self.out, "output folder (--out)")
         if self.cfg.lora_rank:
             lora_mod.save_adapters(self.model, self.out / "adapters.safetensors")
             save_model(lora_mod.merge_lora(self.model), self.out)
@@ -283,7 +439,7 @@ class Trainer:
         except (KeyError, ValueError):
             raise PicoGPTError(f"{path} is not a picogpt training checkpoint.") from None
         for k in _MUST_MATCH:
-            if saved.get(k) != getattr(self.cfg, k):
+            if saved.get(k, _DEFAULTS[k]) != getattr(self.cfg, k):   # a field an older run did not have: its default
                 raise PicoGPTError(f"--resume: the checkpoint was made with {k}={saved.get(k)!r}, this run has "
                                    f"{getattr(self.cfg, k)!r}; rerun with the same settings.")
         arrays = safetensors.load(path)
@@ -300,6 +456,11 @@ class Trainer:
         self.opt.load_state_dict(arrays, opt_scalars)
         self.step_num = step
         self.best_val = json.loads(meta.get("best_val", "null"))
+        self.best_step, self.since_best = json.loads(meta.get("best_step", "null")), json.loads(meta.get("since_best", "0"))
+        if self.task != "lm":
+            if "sampler" not in meta:
+                raise PicoGPTError(f"{path} has no example sampler state: it was not made by a run on examples.")
+            self.batches.load_state(json.loads(meta["sampler"]))
         self.log(f"resumed from {path} at step {step}")
 
     # --- the loop -----------------------------------------------------------------------
@@ -318,7 +479,7 @@ class Trainer:
         self._prepare_out()
         self.log(f"training {self.model!r}\n  {len(self.trainable)} tensors trainable "
                  f"({sum(int(self.model.params[k].size) for k in self.trainable):,} numbers); "
-                 f"{len(self.train_ids):,} train / {len(self.val_ids):,} val tokens; "
+                 f"{self._data_summary()}; "
                  f"{cfg.batch_size} x {self.block_size} tokens x {cfg.grad_accum} per step")
         recent, last_eval = [], None
         # Overflow on the way to a NaN is reported once, as the error below, not as warnings.
@@ -334,13 +495,34 @@ class Trainer:
                 if s % cfg.eval_interval == 0 or s == cfg.steps:
                     last_eval = {"step": s, "train_loss": self.evaluate("train"), "val_loss": self.evaluate("val")}
                     self._stop_unless_finite(last_eval["val_loss"] + last_eval["train_loss"], s, "the evaluation loss")
-                    self.best_val = min(self.best_val or math.inf, last_eval["val_loss"])
-                    self.log(f"step {s}: train loss {last_eval['train_loss']:.4f}, val loss {last_eval['val_loss']:.4f}")
+                    last_eval.update({f"{k}_accuracy": v for k, v in self.accuracy.items()})
+                    self._track_best(last_eval)
+                    accuracy = "".join(f", {k} accuracy {v:.3f}" for k, v in self.accuracy.items())
+                    self.log(f"step {s}: train loss {last_eval['train_loss']:.4f}, val loss {last_eval['val_loss']:.4f}"
+                             f"{accuracy}")
                     self._write(logf, {"eval": True, **last_eval})
-                if s % save_every == 0 or s == cfg.steps:
+                stop = bool(cfg.patience) and self.since_best >= cfg.patience
+                if s % save_every == 0 or s == cfg.steps or stop:
                     self._stop_unless_finite(sum(float(self.model.params[k].sum()) for k in self.trainable), s, "a parameter")
                     self.save_checkpoint()
+                if stop:
+                    last_eval["stopped_early"] = True
+                    self.log(f"early stop at step {s}: {self.since_best} evaluations without a lower val loss; "
+                             f"{self.out}/model.safetensors is the best model (step {self.best_step}, val loss "
+                             f"{self.best_val:.4f}); checkpoint.safetensors is step {s}")
+                    break
         return last_eval
+
+    def _track_best(self, last_eval):
+        """Remember the lowest validation loss; with --patience, write the model when it improves
+        and count the evaluations since."""
+        if self.best_val is None or last_eval["val_loss"] < self.best_val:
+            self.best_val, self.best_step, self.since_best = last_eval["val_loss"], last_eval["step"], 0
+            last_eval["best"] = True
+            if self.cfg.patience:
+                self.save_model_files()
+        else:
+            self.since_best += 1
 
     def _stop_unless_finite(self, value, step, what):
         if not math.isfinite(value):
@@ -411,6 +593,10 @@ _FLAGS = {
     "n_layer": (int, "layers (--init scratch only; default: the preset's)"),
     "n_head": (int, "attention heads (--init scratch only; default: the preset's)"),
     "n_embd": (int, "width (--init scratch only; default: the preset's)"),
+    "bias": (lambda s: _boolean(s, "--bias"), "true (GPT-2's, the default) or false: no biases in the linear layers "
+                                              "and layer norms, as nanoGPT's bias=False (--init scratch only)"),
+    "gelu": (lambda s: _choice(s, "--gelu", ("tanh", "exact")), "tanh (GPT-2's approximation, the default) or exact "
+                                                                  "(the erf form of nanoGPT and torch's nn.GELU; --init scratch only)"),
     "init": (str, "scratch (random init), shakespeare (the bundled model), gpt2 / gpt2-medium / ... "
                   "(OpenAI's weights), or a checkpoint folder"),
     "steps": (int, "optimisation steps in total (default 1000)"),
@@ -436,7 +622,24 @@ _FLAGS = {
     "lora_alpha": (float, "LoRA scale numerator, > 0: updates are scaled by alpha / rank (default: rank)"),
     "val_fraction": (float, "for a text file: the last fraction kept for validation (default 0.05); "
                             "a folder from picogpt.data has its own split"),
+    "epochs": (int, "passes over the training data (examples, or a text's tokens), instead of --steps"),
+    "patience": (int, "early stopping: stop after N evaluations without a lower validation loss; OUT/model.safetensors "
+                      "is then the best model, the checkpoint the last step (default off)"),
 }
+
+
+def _boolean(text, flag):
+    """'true'/'false' (also yes/no, 1/0) -> bool, for flags that take a value."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{flag} takes true or false, got {text!r}")
+    return value
+
+
+def _choice(text, flag, choices):
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"{flag} takes {' or '.join(choices)}, got {text!r}")
+    return text
 
 
 def build_parser():
@@ -453,16 +656,18 @@ def build_parser():
                "  # pick up where a stopped run left off\n"
                "  python -m picogpt.train --data data/shakespeare --out out/shakespeare --steps 1500 --resume")
     p.add_argument("--data", required=True,
-                   help="a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin)")
+                   help="a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin; or "
+                        "examples made with --task sft|classify, whose meta.json sets the task)")
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for name, (typ, text) in _FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name], help=text,
-                       metavar=None if name in ("init", "model") else name.upper())
+                       metavar={"init": None, "model": None, "bias": "true|false", "gelu": "tanh|exact"}.get(name, name.upper()))
     p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
     p.add_argument("--tf32", action="store_true", help="GPU only: let float32 matmuls use TF32 tensor cores")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.safetensors (rerun the same command with --resume)")
+    p.set_defaults(steps=None)   # so that --steps and --epochs given together can be refused
     return p
 
 
@@ -472,11 +677,20 @@ def main(argv=None):
 
 
 def _train_command(args):
+    if args.steps is not None and args.epochs is not None:
+        raise PicoGPTError("give --steps or --epochs, not both: --epochs N sets the steps to N passes over the data.")
+    if args.steps is None:
+        del args.steps   # TrainConfig's default
     cfg = TrainConfig(**vars(args))
-    last = Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    last = trainer.run()
     if last:
-        print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}; "
-              f"model in {cfg.out}/ (python -m picogpt.generate \"...\" --model {cfg.out})")
+        use = {"lm": f'python -m picogpt.generate "..." --model {cfg.out}',
+               "sft": f"python -m picogpt.chat --model {cfg.out}",
+               "classify": f"python -m picogpt.eval --task classify --model {cfg.out} --data {cfg.data}"}[trainer.task]
+        best = f"; the model is the best one, step {trainer.best_step}" if cfg.patience else ""
+        print(f"done: step {last['step']}, train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}{best}; "
+              f"model in {cfg.out}/ ({use})")
 
 
 if __name__ == "__main__":
