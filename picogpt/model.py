@@ -30,6 +30,7 @@ from .backend import asnumpy, get_array_module, resolve_device, to_device
 from .dtypes import resolve_dtype
 from .errors import PicoGPTError
 from .generation import generate
+from .score import score
 from .peft import adapters as AD
 from .peft import prefix as PX
 
@@ -508,6 +509,11 @@ class GPT2:
     def generate(self, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=None, seed=None, **kw):
         """Continue each prompt; see picogpt.generation.generate for every option."""
         return generate(self, ids, max_new_tokens, temperature, top_k, top_p, seed, **kw)
+
+    def score(self, contexts, continuations, tok=None, batch_size=16, progress=None):
+        """Summed log-probability and token count of each continuation after its context, batched
+        with padding -> Scores(logprob, tokens, greedy); see picogpt.score.score."""
+        return score(self, contexts, continuations, tok, batch_size, progress)
 
     def loss_and_grads(self, ids, targets, wanted=None, rng=None, ignore_index=-100):
         """Mean cross-entropy over the target positions (those equal to `ignore_index` excluded)

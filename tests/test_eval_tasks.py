@@ -112,3 +112,12 @@ def test_plain_lm_eval_unchanged(gpt2_vocab_model, tmp_path, capsys):
     r = run(["--model", gpt2_vocab_model, "--text", text, "--context", 32], capsys)
     assert r.returncode == 0, r.stderr
     assert "loss" in r.stdout and "perplexity" in r.stdout
+
+
+def test_model_score_equals_transformers():
+    """GPT2.score is picogpt.score.score: transformers' log-probabilities (tests/fixtures/score.json)."""
+    from helpers import FIXTURES, TINY
+    ref = json.loads((FIXTURES / "score.json").read_text())["pairs"]
+    s = picogpt.load_model(TINY).score([p["context"] for p in ref], [p["continuation"] for p in ref], batch_size=4)
+    for p, lp, n, greedy in zip(ref, s.logprob, s.tokens, s.greedy):
+        assert abs(lp - p["logprob"]) <= 1e-4 and n == len(p["continuation"]) and greedy == p["greedy"]
