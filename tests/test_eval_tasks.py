@@ -121,3 +121,29 @@ def test_model_score_equals_transformers():
     s = picogpt.load_model(TINY).score([p["context"] for p in ref], [p["continuation"] for p in ref], batch_size=4)
     for p, lp, n, greedy in zip(ref, s.logprob, s.tokens, s.greedy):
         assert abs(lp - p["logprob"]) <= 1e-4 and n == len(p["continuation"]) and greedy == p["greedy"]
+
+
+def _zero_shot():
+    import importlib.util
+    from helpers import ROOT
+    spec = importlib.util.spec_from_file_location("zero_shot", ROOT / "examples" / "zero_shot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zero_shot_prompts_are_the_papers():
+    zs = _zero_shot()
+    assert zs.tldr_prompt("Text.") == "Text.\nTL;DR:"
+    assert zs.translation_prompt("Hi.", [("Yes.", "Oui.")]) == "Yes. = Oui.\nHi. ="
+    assert zs.qa_prompt("Why?", [("Who?", "Me")]) == "Q: Who?\nA: Me\n\nQ: Why?\nA:"
+    assert zs.first_sentences("One. Two! Three? Four.") == "One. Two! Three?"
+
+
+@pytest.mark.slow
+def test_zero_shot_example_runs_on_the_bundled_model(capsys):
+    results = _zero_shot().main([])
+    out = capsys.readouterr().out
+    assert out.count("toy data") == 3
+    for scores in results.values():
+        assert all(0.0 <= v <= 100.0 for v in scores.values())
