@@ -173,6 +173,8 @@ def _linear_backward(dy, cache, name, grads, wanted):
     dx, dW, db = L.linear_backward(dy, base, param_grads=w in wanted)
     if dW is not None:
         grads[w], grads[name + ".bias"] = dW, db
+    elif name + ".bias" in wanted:   # BitFit: the bias trains while the weight stays frozen
+        grads[name + ".bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
     if lora is not None:
         a_cache, b_cache, scale = lora
         dh, dB, _ = L.linear_backward(dy * scale, b_cache, param_grads=name + ".lora_B" in wanted)

@@ -55,6 +55,8 @@ from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
 from .memory import check_fits, training_bytes
 from .optim import AdamW, clip_grad_norm, lr_at
+from .peft import methods as peft_methods
+from .peft.formats import save_adapters
 from .tokenizers import describe, get_tokenizer
 from .tokenizers import same as same_tokenizer
 from .weights import init_model, load_model, save_model
@@ -93,6 +95,12 @@ class TrainConfig:
     tf32: bool = False
     lora_rank: int = 0              # > 0: freeze the base, train rank-r adapters
     lora_alpha: float | None = None   # default: the rank (scale 1)
+    # --- other parameter-efficient methods (picogpt/peft/), base frozen; one at a time
+    prefix_tokens: int = 0          # > 0: prefix-tuning with this many virtual tokens
+    prefix_hidden: int = 0          # > 0: train the prefix through the paper's MLP of this width
+    adapter_size: int = 0           # > 0: bottleneck adapters of this width
+    adapter_kind: str = "houlsby"   # houlsby (after attention and MLP) | pfeiffer (after the MLP)
+    bitfit: bool = False            # train only the biases
     val_fraction: float | None = None  # text files only (default 0.05); a prepared folder has its split
     resume: bool = False
     epochs: int | None = None       # passes over the training data; when given, sets `steps`
@@ -124,6 +132,13 @@ class TrainConfig:
         if self.lora_alpha is not None and not self.lora_alpha > 0:  # also refuses NaN
             raise PicoGPTError(f"--lora-alpha must be > 0 (updates are scaled by alpha / rank; 0 would learn nothing), "
                                f"got {self.lora_alpha}.")
+        for name in ("prefix_tokens", "prefix_hidden", "adapter_size"):
+            if getattr(self, name) < 0:
+                raise PicoGPTError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        methods = [f for f in ("lora_rank", "prefix_tokens", "adapter_size", "bitfit") if getattr(self, f)]
+        if len(methods) > 1:
+            flags = " and ".join("--" + m.replace("_", "-") for m in methods)
+            raise PicoGPTError(f"choose one parameter-efficient method, not {flags}.")
         if self.save_interval is not None and self.save_interval < 1:
             raise PicoGPTError(f"--save-interval must be >= 1 step, got {self.save_interval}.")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
@@ -148,7 +163,8 @@ def task_of(data):
 
 
 # The fields a resumed run must share with the checkpoint it continues.
-_MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype")
+_MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype",
+               "prefix_tokens", "prefix_hidden", "adapter_size", "adapter_kind", "bitfit")
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -172,10 +188,10 @@ class Trainer:
         else:
             self._load_examples()
         self.model = self._build_model()
-        self.block_size = cfg.block_size or self.model.config.n_ctx
-        if self.block_size > self.model.config.n_ctx:
-            raise PicoGPTError(f"a block size of {self.block_size} is longer than the model's context of "
-                               f"{self.model.config.n_ctx} tokens.")
+        self.block_size = cfg.block_size or self.model.config.n_ctx - cfg.prefix_tokens   # a prefix takes P positions
+        if self.block_size + cfg.prefix_tokens > self.model.config.n_ctx or self.block_size < 1:
+            raise PicoGPTError(f"a block size of {self.block_size} (plus {cfg.prefix_tokens} prefix tokens) is longer than "
+                               f"the model's context of {self.model.config.n_ctx} tokens.")
         if self.task == "lm":
             D.check_length(self.train_ids, self.block_size, "train")
             D.check_length(self.val_ids, self.block_size, "validation")
@@ -196,7 +212,10 @@ class Trainer:
             if H.SCORE in self.model.params:  # a new head must learn too (peft's modules_to_save=["score"])
                 self.trainable.append(H.SCORE)
         else:
-            self.trainable = list(self.model.params)
+            self.trainable = peft_methods.attach(self.model, cfg.prefix_tokens, cfg.prefix_hidden, cfg.adapter_size,
+                                                 cfg.adapter_kind, cfg.bitfit, cfg.seed) or list(self.model.params)
+            if H.SCORE in self.model.params and H.SCORE not in self.trainable:   # a new head must learn too
+                self.trainable.append(H.SCORE)
         self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         self.step_num = 0
         self.best_val = None
@@ -420,13 +439,21 @@ class Trainer:
             self.save_model_files()
 
     def save_model_files(self):
-        """config.json + model.safetensors (LoRA: merged, and adapters.safetensors) for generation."""
+        """config.json + model.safetensors (LoRA: merged, and adapters.safetensors) for generation;
+        with any parameter-efficient method also adapter/, the adapters alone in peft's folder
+        layout (prefix and bottleneck adapters: model.safetensors is the base, and load_model
+        attaches adapter/)."""
         make_folder(self.out, "output folder (--out)")
-        if self.cfg.lora_rank:
+        cfg = self.cfg
+        if cfg.lora_rank:
             lora_mod.save_adapters(self.model, self.out / "adapters.safetensors")
             save_model(lora_mod.merge_lora(self.model), self.out)
+        elif cfg.prefix_tokens or cfg.adapter_size:
+            save_model(peft_methods.base_model(self.model), self.out)
         else:
             save_model(self.model, self.out)
+        if cfg.lora_rank or cfg.prefix_tokens or cfg.adapter_size:
+            save_adapters(self.model, self.out / "adapter", base_model_name_or_path=cfg.init)
 
     def _load_checkpoint(self):
         path = self.out / "checkpoint.safetensors"
@@ -620,6 +647,13 @@ _FLAGS = {
     "lora_rank": (int, "train rank-r LoRA adapters on the attention and MLP projections, base frozen "
                        "(default 0 = full training)"),
     "lora_alpha": (float, "LoRA scale numerator, > 0: updates are scaled by alpha / rank (default: rank)"),
+    "prefix_tokens": (int, "prefix-tuning: train N virtual tokens' keys and values at every layer, base frozen "
+                           "(default 0 = off)"),
+    "prefix_hidden": (int, "with --prefix-tokens: train them through an MLP of this width (Li & Liang's "
+                           "reparameterisation; only its output is saved) (default 0 = directly)"),
+    "adapter_size": (int, "train bottleneck adapters of this width in every block, base frozen (default 0 = off)"),
+    "adapter_kind": (lambda s: _choice(s, "--adapter-kind", ("houlsby", "pfeiffer")),
+                     "houlsby (after attention and MLP, the default) or pfeiffer (after the MLP only)"),
     "val_fraction": (float, "for a text file: the last fraction kept for validation (default 0.05); "
                             "a folder from picogpt.data has its own split"),
     "epochs": (int, "passes over the training data (examples, or a text's tokens), instead of --steps"),
@@ -661,10 +695,12 @@ def build_parser():
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for name, (typ, text) in _FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=defaults[name], help=text,
-                       metavar={"init": None, "model": None, "bias": "true|false", "gelu": "tanh|exact"}.get(name, name.upper()))
+                       metavar={"init": None, "model": None, "bias": "true|false", "gelu": "tanh|exact",
+                                "adapter_kind": "houlsby|pfeiffer"}.get(name, name.upper()))
     p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
     p.add_argument("--tf32", action="store_true", help="GPU only: let float32 matmuls use TF32 tensor cores")
+    p.add_argument("--bitfit", action="store_true", help="train only the biases (BitFit), base frozen")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.safetensors (rerun the same command with --resume)")
     p.set_defaults(steps=None)   # so that --steps and --epochs given together can be refused

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from helpers import FIXTURES, TINY, host, rel_err
+from helpers import FIXTURES, TINY, host, quiet, rel_err
 
 import picogpt
 from picogpt import layers as L
@@ -25,6 +25,8 @@ from picogpt.peft import adapters as AD
 from picogpt.peft import lora as LO
 from picogpt.peft import prefix as PX
 from picogpt.peft.formats import attached
+from picogpt.train import TrainConfig, Trainer
+from picogpt.train import main as train_main
 
 PEFT_LORA, PEFT_PREFIX, PICO_LORA = FIXTURES / "peft-lora", FIXTURES / "peft-prefix", FIXTURES / "picogpt-lora"
 seeds = st.integers(0, 2**32 - 1)
@@ -318,3 +320,76 @@ def test_lora_configs_picogpt_cannot_honour_are_refused(tmp_path, change, words)
     (folder / "adapter_config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(PicoGPTError, match=words):
         picogpt.load_adapters(tiny(), folder)
+
+
+# --- through the Trainer and the command line ---------------------------------------------------
+
+def peft_cfg(text, model, out, **kw):
+    return TrainConfig(**{**dict(data=str(text), out=str(out), init=str(model), block_size=12, batch_size=4, steps=3,
+                                 warmup_steps=1, lr=1e-2, eval_interval=3, eval_batches=1, log_interval=1,
+                                 device="cpu"), **kw})
+
+
+@pytest.mark.parametrize("method, owns", [
+    (dict(prefix_tokens=4), lambda k: k == PX.TABLE),
+    (dict(prefix_tokens=4, prefix_hidden=8), lambda k: k.startswith("prefix.mlp.")),
+    (dict(adapter_size=3), lambda k: ".adapter_" in k),
+    (dict(adapter_size=3, adapter_kind="pfeiffer"), lambda k: ".adapter_mlp." in k),
+    (dict(bitfit=True), lambda k: k.endswith(".bias")),
+])
+def test_each_method_trains_only_its_own_numbers_and_its_folder_reloads(text, gpt2_vocab_model, tmp_path, method, owns):
+    out = tmp_path / "out"
+    t = Trainer(peft_cfg(text, gpt2_vocab_model, out, **method), log=quiet)
+    assert t.trainable and all(owns(k) for k in t.trainable)
+    before = {k: host(a).copy() for k, a in t.model.params.items()}
+    t.run()
+    for k, a in t.model.params.items():
+        assert (not np.array_equal(host(a), before[k])) == owns(k), k
+    x = np.arange(1, 9)[None]
+    if method.get("bitfit"):
+        assert not (out / "adapter").exists()
+        assert rel_err(picogpt.load_model(out).forward(x), t.model.forward(x)) == 0.0
+        return
+    base_file = picogpt.load_model(out)                # model.safetensors: the base, unchanged
+    assert set(base_file.params) == set(picogpt.load_model(gpt2_vocab_model).params)
+    again = picogpt.load_adapters(picogpt.load_model(out), out / "adapter")
+    assert rel_err(again.forward(x), t.model.forward(x)) <= 1e-5
+
+
+def test_a_prefix_run_resumes_exactly(text, gpt2_vocab_model, tmp_path):
+    full = Trainer(peft_cfg(text, gpt2_vocab_model, tmp_path / "full", prefix_tokens=2, steps=4), log=quiet)
+    losses = [full.step()["loss"] for _ in range(4)]
+    part = Trainer(peft_cfg(text, gpt2_vocab_model, tmp_path / "part", prefix_tokens=2, steps=4), log=quiet)
+    first = [part.step()["loss"] for _ in range(2)]
+    part.save_checkpoint()
+    resumed = Trainer(peft_cfg(text, gpt2_vocab_model, tmp_path / "part", prefix_tokens=2, steps=4, resume=True),
+                      log=quiet)
+    assert first + [resumed.step()["loss"] for _ in range(2)] == losses
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--prefix-tokens", "-1"], "--prefix-tokens must be >= 0"),
+    (["--adapter-size", "-3"], "--adapter-size must be >= 0"),
+    (["--lora-rank", "2", "--prefix-tokens", "3"], "choose one parameter-efficient method"),
+    (["--adapter-size", "2", "--bitfit"], "choose one parameter-efficient method"),
+    (["--prefix-hidden", "8"], "needs prefix tokens"),
+    (["--prefix-tokens", "64"], "prefix tokens) is longer than the model's context"),
+    (["--adapter-kind", "middle"], "--adapter-kind takes houlsby or pfeiffer"),
+])
+def test_bad_peft_flags_are_one_sentence(text, gpt2_vocab_model, tmp_path, capsys, flags, words):
+    argv = ["--data", str(text), "--init", str(gpt2_vocab_model), "--out", str(tmp_path / "o"), "--steps", "1", *flags]
+    try:
+        code = train_main(argv)
+    except SystemExit as e:   # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and words in err, err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", [dict(prefix_tokens=3), dict(adapter_size=4), dict(bitfit=True)])
+def test_each_method_trains_on_the_gpu_as_on_the_cpu(text, gpt2_vocab_model, tmp_path, method):
+    cpu = Trainer(peft_cfg(text, gpt2_vocab_model, tmp_path / "c", **method), log=quiet)
+    gpu = Trainer(peft_cfg(text, gpt2_vocab_model, tmp_path / "g", **{**method, "device": "gpu"}), log=quiet)
+    np.testing.assert_allclose([gpu.step()["loss"] for _ in range(3)], [cpu.step()["loss"] for _ in range(3)],
+                               atol=1e-4)
