@@ -32,7 +32,7 @@ Beam search with sampling (transformers' do_sample with num_beams) is not offere
 
 import numpy as np
 
-from .backend import asnumpy
+from .backend import asnumpy, get_array_module
 from .errors import PicoGPTError
 from .sampling import apply_rules
 from .score import log_softmax
@@ -62,6 +62,18 @@ def check_beam_args(num_beams=1, num_return_sequences=1, temperature=0.0, length
 def _best(scores, k):
     """Indices of the k largest entries of each row, largest first. (B, N) -> (B, k)."""
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def _top(scores, k):
+    """The k largest entries of each row, largest first, on the scores' device -> host
+    (indices (B, k), values float32 (B, k)). A partition finds them in O(K V) and only those k
+    are sorted, not all K x V candidates."""
+    xp = get_array_module(scores)
+    part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
+    values = xp.take_along_axis(scores, part, axis=1)
+    order = xp.argsort(-values, axis=1)
+    return (asnumpy(xp.take_along_axis(part, order, axis=1)),
+            asnumpy(xp.take_along_axis(values, order, axis=1)).astype(np.float32))
 
 
 def _take(a, index):
@@ -94,9 +106,7 @@ def beam_search(rows, K, max_new_tokens, rules, length_penalty=1.0, early_stoppi
                            rows.host_rows() if rules.need_rows() else None)
         total = (logp.reshape(B, K, V) + xp.asarray(running)[:, :, None]).reshape(B, K * V)
         # 2. the 2K best candidates of each prompt (the only numbers brought to the host).
-        best = xp.argsort(-total, axis=1)[:, :2 * K]
-        cand_score = asnumpy(xp.take_along_axis(total, best, axis=1)).astype(np.float32)
-        best = asnumpy(best)
+        best, cand_score = _top(total, 2 * K)
         src, token = best // V, best % V                         # (B, 2K): source row, new token
         cand_seq = _take(run_seq, src)
         cand_seq[:, :, step] = token
