@@ -31,6 +31,7 @@ from .files import write_json
 from .heads import SCORE, GPT2Classifier
 from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
 from .paths import weights_dir  # noqa: F401 (also picogpt.weights.weights_dir, as before)
+from .peft.formats import attach_run_adapters
 
 BUNDLED = Path(__file__).parent / "assets" / "shakespeare"
 BUNDLED_NAME = "shakespeare"   # --model shakespeare / --init shakespeare: the bundled model
@@ -157,7 +158,8 @@ def load_model(name=None, device=None, dtype="float32"):
     folder = find_checkpoint(name)
     config = read_config(folder)
     cls = GPT2Classifier if config.labels else GPT2
-    return cls(config, load_params(folder, config, device, dtype), device=device)
+    model = cls(config, load_params(folder, config, device, dtype), device=device)
+    return attach_run_adapters(model, folder)   # a prefix or adapter run's adapter/
 
 
 def init_model(config="gpt2-tiny", device=None, dtype="float32", seed=0, **overrides):

@@ -107,6 +107,28 @@ def _lora_config(model):
 
 # --- reading ---------------------------------------------------------------------------------
 
+RUN_FOLDER = "adapter"   # where picogpt.train writes a run's adapters, beside model.safetensors
+
+
+def attach_run_adapters(model, folder):
+    """Attach `folder`/adapter/ when it holds a prefix or bottleneck adapters: a training run
+    with those saves the base weights (they cannot be merged in) and the adapters beside them,
+    so that load_model(run folder) is the trained model. A LoRA run's adapter/ is not attached:
+    its model.safetensors already holds the merged weights."""
+    run = Path(folder) / RUN_FOLDER
+    if (run / CONFIG).is_file() and _read_config(run).get("peft_type") != "LORA":
+        load_adapters(model, run)
+    return model
+
+
+def _read_config(folder):
+    try:
+        return json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise PicoGPTError(f"{folder / CONFIG} is not valid JSON ({e}).") from None
+
+
+
 def load_adapters(model, folder):
     """Attach the adapters in `folder` (peft's LoRA or prefix, or picogpt's bottleneck) to
     `model`, in place; returns the model."""
@@ -114,10 +136,7 @@ def load_adapters(model, folder):
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise PicoGPTError(f"{folder} is not an adapter folder: it needs {CONFIG} and {WEIGHTS} "
                            "(as peft's save_pretrained or picogpt.save_adapters write them).")
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise PicoGPTError(f"{folder / CONFIG} is not valid JSON ({e}).") from None
+    config = _read_config(folder)
     tensors = {k: np.array(a) for k, a in safetensors.load(folder / WEIGHTS).items()}   # copies: read-only mmap
     kind = config.get("peft_type")
     if kind == "LORA":
