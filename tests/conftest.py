@@ -101,3 +101,15 @@ def gpt2_vocab_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "gpt2-vocab"
     picogpt.save_model(picogpt.init_model(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_ctx=64), seed=0), folder)
     return folder
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long each chapter notebook took to run (tests/test_notebooks.py records it)."""
+    times = [(r.nodeid.split("[")[-1].rstrip("]"), dict(r.user_properties)["notebook_seconds"])
+             for r in terminalreporter.stats.get("passed", [])
+             if r.when == "call" and "notebook_seconds" in dict(r.user_properties)]
+    if times:
+        terminalreporter.write_sep("-", "notebook run times")
+        for name, seconds in sorted(times):
+            terminalreporter.write_line(f"{name:<20} {seconds:6.1f} s")
+        terminalreporter.write_line(f"{'total':<20} {sum(s for _, s in times):6.1f} s")

@@ -12,7 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+# How many GPU tests there are at least (test_gpu, test_gradients, test_optim, test_quantize and
+# test_reference held 39 when this was counted): a marker lost in a refactor shows up here.
+MIN_GPU_TESTS = 39
 
 
 def _pytest(*args):
@@ -21,9 +26,10 @@ def _pytest(*args):
                            str(ROOT / "tests")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow   # it runs every GPU test: a minute or more
 def test_every_gpu_test_passes_on_the_simulated_device():
     gpu_tests = [line for line in _pytest("--collect-only").stdout.splitlines() if "::" in line]
-    assert len(gpu_tests) >= 30, gpu_tests
+    assert len(gpu_tests) >= MIN_GPU_TESTS, gpu_tests
     run = _pytest("-rs")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     summary = run.stdout.strip().splitlines()[-1]
@@ -31,4 +37,4 @@ def test_every_gpu_test_passes_on_the_simulated_device():
     # A skip is fine only for the optional live cross-check with torch + transformers (not in CI).
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all(re.search(r"could not import '(torch|transformers)'", line) for line in skips), skips
-    assert passed + len(skips) == len(gpu_tests) and passed >= 30, summary
+    assert passed + len(skips) == len(gpu_tests), summary

@@ -12,12 +12,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import tiktoken
 import tiktoken.load
 import tiktoken_ext.openai_public as openai_public
+from helpers import subprocess_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +25,6 @@ import picogpt
 import picogpt.tokenizer as tokenizer_mod
 from picogpt import PicoGPTError
 from picogpt.tokenizer import ASSETS, ENCODER_JSON_SHA256, EOT_TEXT, EOT_TOKEN, VOCAB_BPE_SHA256
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,10 +247,8 @@ NO_NETWORK_SCRIPT = textwrap.dedent(
 def test_no_network_access(tmp_path):
     cache = tmp_path / "tiktoken-cache"
     cache.mkdir()
-    env = dict(os.environ)
-    env["TIKTOKEN_CACHE_DIR"] = str(cache)
+    env = subprocess_env(TIKTOKEN_CACHE_DIR=str(cache))
     env.pop("DATA_GYM_CACHE_DIR", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-c", NO_NETWORK_SCRIPT], cwd=tmp_path, env=env,
         capture_output=True, text=True, timeout=120,
