@@ -405,16 +405,12 @@ class Trainer:
     def eval_batches(self, split):
         """The fixed evaluation batches of `split`, the same at every evaluation.
 
-        Drawn again each time from one seeded generator (train's batches first, then val's), so
-        that --eval-batches costs time, not memory."""
-        rng = np.random.default_rng([self.cfg.seed, 1])
-        n, B, T = self.cfg.eval_batches, self.cfg.batch_size, self.block_size
-        if split == "val":
-            for _ in range(n):  # step the generator past train's batches, as get_batch would
-                rng.integers(0, len(self.train_ids) - T, size=B)
+        Drawn again each time from a generator seeded by (seed, 1) for train and (seed, 2) for
+        val, so that --eval-batches costs time, not memory."""
+        rng = np.random.default_rng([self.cfg.seed, 1 if split == "train" else 2])
         ids = self.train_ids if split == "train" else self.val_ids
-        for _ in range(n):
-            yield D.get_batch(ids, B, T, rng)
+        for _ in range(self.cfg.eval_batches):
+            yield D.get_batch(ids, self.cfg.batch_size, self.block_size, rng)
 
     @property
     def eval_sets(self):
