@@ -32,6 +32,7 @@ every code point (tests/test_bpe.py::test_which_characters_agree) finds them agr
 character that Python's own `unicodedata` assigns; the tests promise equality for those.
 """
 
+import codecs
 import heapq
 from collections import Counter, defaultdict
 from typing import NamedTuple
@@ -214,6 +215,12 @@ class BPETokenizer:
         are not valid UTF-8 become U+FFFD, as in tiktoken."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+    def stream_decoder(self):
+        """A function ids -> the text they complete, for printing tokens as they come: an
+        incremental UTF-8 decoder holds back the bytes of a character split across tokens."""
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda ids: dec.decode(self.decode_bytes(ids))
+
     def __len__(self):
         return self.n_vocab
 
@@ -253,7 +260,7 @@ def _merge_word(word, pair, new):
     return tuple(out)
 
 
-def train_bpe(text, vocab_size, pattern=GPT2_PATTERN, verbose=False):
+def train_bpe(text, vocab_size, pattern=GPT2_PATTERN, verbose=False, progress=None):
     """Learn a byte-level BPE from `text`: str -> BPETokenizer with `vocab_size` tokens.
 
     Start from the 256 single bytes (ids 0..255 are the byte values). Repeat: count every
@@ -267,6 +274,9 @@ def train_bpe(text, vocab_size, pattern=GPT2_PATTERN, verbose=False):
     contain the merged pair change, so only their pair counts are updated; a heap finds the most
     frequent pair without scanning all of them. Recounting everything each step gives the same
     merges, just more slowly.
+
+    verbose prints every merge; progress, a function (merges done, merges wanted), is called
+    after each one (picogpt.data's progress line).
     """
     if vocab_size < 256:
         raise PicoGPTError(f"vocab_size must be at least 256 (the single bytes), got {vocab_size}.")
@@ -301,6 +311,8 @@ def train_bpe(text, vocab_size, pattern=GPT2_PATTERN, verbose=False):
             if verbose:
                 print(f"merge {len(ranks) - 256}/{vocab_size - 256}: {show_token(pair[0])!r} + "
                       f"{show_token(pair[1])!r} -> {show_token(new)!r} (count {-neg_count})")
+            if progress:
+                progress(len(ranks) - 256, vocab_size - 256)
 
         # Merge the pair in every word that has it, updating the pair counts of those words only.
         changed = set()

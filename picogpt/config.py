@@ -25,6 +25,8 @@ class GPT2Config:
     dropout: float = 0.0       # one rate for embeddings, attention probabilities and residuals
     labels: tuple = ()         # a classifier's label names in id order; () = a language model
     pad_token_id: int | None = None   # a classifier's padding token (transformers' rule for "last token")
+    bias: bool = True          # False: no biases in linear layers and layer norms (nanoGPT's bias=False)
+    gelu: str = "tanh"         # tanh: GPT-2's approximation (gelu_new); exact: the erf form (transformers' "gelu")
 
     def __post_init__(self):
         # Plain Python numbers: a NumPy float64 scalar here would upcast float32 maths to float64.
@@ -43,6 +45,10 @@ class GPT2Config:
             raise PicoGPTError(f"a classifier needs at least 2 distinct label names, got {list(self.labels)}.")
         if self.pad_token_id is not None:
             object.__setattr__(self, "pad_token_id", int(self.pad_token_id))
+        if not isinstance(self.bias, bool):
+            raise PicoGPTError(f"config bias must be true or false, got {self.bias!r}.")
+        if self.gelu not in GELU_ACTIVATIONS:
+            raise PicoGPTError(f"config gelu must be one of {', '.join(GELU_ACTIVATIONS)}, got {self.gelu!r}.")
 
     @property
     def num_labels(self):
@@ -67,8 +73,9 @@ class GPT2Config:
     def num_params(self):
         """Parameter count with the LM head tied to `wte` (so it is counted once)."""
         C, L = self.n_embd, self.n_layer
-        per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
-        return self.vocab_size * C + self.n_ctx * C + L * per_block + 2 * C
+        b = int(self.bias)   # biases of the four projections and the layer norms' shifts
+        per_block = 2 * (1 + b) * C + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
+        return self.vocab_size * C + self.n_ctx * C + L * per_block + (1 + b) * C
 
     # --- Hugging Face config.json --------------------------------------------------------
     def to_hf_dict(self):
@@ -77,7 +84,7 @@ class GPT2Config:
         d = {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
-            "activation_function": "gelu_new",
+            "activation_function": GELU_ACTIVATIONS[self.gelu],
             "n_layer": self.n_layer,
             "n_head": self.n_head,
             "n_embd": self.n_embd,
@@ -95,6 +102,8 @@ class GPT2Config:
             "bos_token_id": 50256 if self.vocab_size > 50256 else None,
             "eos_token_id": 50256 if self.vocab_size > 50256 else None,
         }
+        if not self.bias:   # picogpt's own key: transformers' GPT-2 always has biases (it ignores this)
+            d["bias"] = False
         if self.labels:
             d.update(label_fields(self.labels, self.pad_token_id))
         return d
@@ -104,19 +113,26 @@ class GPT2Config:
         """Read a Hugging Face GPT-2 config.json (or picogpt's own, which is the same)."""
         if d.get("model_type", "gpt2") != "gpt2":
             raise PicoGPTError(f"config.json describes a {d.get('model_type')!r} model, not GPT-2.")
-        if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise PicoGPTError(f"unsupported activation {d['activation_function']!r}: picogpt implements GPT-2's tanh GELU.")
+        act = d.get("activation_function", "gelu_new")
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}.get(act)
+        if gelu is None:
+            raise PicoGPTError(f"unsupported activation {act!r}: picogpt implements GELU, as gelu_new (tanh) or gelu (exact).")
         if d.get("n_inner") not in (None, 4 * d.get("n_embd", 768)):
             raise PicoGPTError("unsupported n_inner: picogpt's MLP is 4 * n_embd wide, as in GPT-2.")
         known = {f.name for f in fields(cls)}
         args = {k: d[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "layer_norm_epsilon") if k in d}
         args["n_ctx"] = d.get("n_positions", d.get("n_ctx", 1024))
+        args["gelu"], args["bias"] = gelu, d.get("bias", True)
         # transformers writes id2label (LABEL_0, LABEL_1) into every config; only a sequence
         # classifier's labels are the model's classes.
         if "GPT2ForSequenceClassification" in (d.get("architectures") or []):
             args["labels"] = labels_from_hf_dict(d) or ()
             args["pad_token_id"] = d.get("pad_token_id")
         return cls(**{k: v for k, v in args.items() if k in known})
+
+
+# config.gelu -> transformers' activation_function of the same function
+GELU_ACTIVATIONS = {"tanh": "gelu_new", "exact": "gelu"}
 
 
 def label_fields(labels, pad_token_id=50256):

@@ -27,7 +27,7 @@ from .generation import OVERFLOW_RULES, check_stop, cut_at_stop, fit_context, ge
 from .heads import check_language_model
 from .memory import check_fits, generation_bytes
 from .sampling import check_rule_args, check_sampling_args
-from .tokenizer import get_tokenizer
+from .tokenizers import get_tokenizer
 from .weights import load_model
 
 __all__ = ["OVERFLOW_RULES", "add_decoding_arguments", "build_parser", "decoding_options", "fit_context", "generate",
@@ -145,8 +145,8 @@ def run(args):
     if args.num_beams > 1 and args.num_samples > 1:
         raise PicoGPTError("beam search is deterministic, so --num-samples would repeat one result: use "
                            "--num-return-sequences to see more beams.")
-    tok = get_tokenizer()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    tok = get_tokenizer(model)   # the model folder's tokenizer.json, or GPT-2's
     check_language_model(model, args.model)   # a classifier folder writes no text
     all_ids = tok.encode(args.prompt)
     prompt_ids = fit_context([all_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]

@@ -10,6 +10,9 @@ layout so that every projection is `x @ W + b`:
     h.{i}.mlp.c_fc.weight   (C, 4C)  .bias (4C,)
     h.{i}.mlp.c_proj.weight (4C, C)  .bias (C,)
 
+With config.bias False (nanoGPT's bias=False) no `.bias` exists: every projection is `x @ W` and
+every layer norm `n * g`. config.gelu picks the MLP's activation: GPT-2's tanh GELU or the exact one.
+
 The LM head is tied to `wte`: logits = ln_f(x) @ wte^T. LoRA adapters, when present, add
 `<name>.lora_A` (in, r) and `<name>.lora_B` (r, out) beside a projection's weight; a prefix
 (`prefix.*`, picogpt/peft/prefix.py) adds keys and values in front of every layer's; bottleneck
@@ -35,6 +38,9 @@ from .peft import adapters as AD
 from .peft import prefix as PX
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
+
+# config.gelu -> the MLP's activation, (forward, backward): GPT-2's tanh form or the exact (erf) one
+GELU = {"tanh": (L.gelu_forward, L.gelu_backward), "exact": (L.gelu_exact_forward, L.gelu_exact_backward)}
 
 
 @dataclass
@@ -153,7 +159,7 @@ def _linear(params, name, x, lora_scale):
 
     x (B, T, in), W (in, out), b (out,), A (in, r), B (r, out) -> y (B, T, out).
     """
-    y, cache = L.linear_forward(x, params[name + ".weight"], params[name + ".bias"])
+    y, cache = L.linear_forward(x, params[name + ".weight"], params.get(name + ".bias"))   # no bias: --bias false
     A = params.get(name + ".lora_A")
     if A is None:
         return y, (cache, None)
@@ -172,7 +178,9 @@ def _linear_backward(dy, cache, name, grads, wanted):
     w = name + ".weight"
     dx, dW, db = L.linear_backward(dy, base, param_grads=w in wanted)
     if dW is not None:
-        grads[w], grads[name + ".bias"] = dW, db
+        grads[w] = dW
+    if db is not None:
+        grads[name + ".bias"] = db
     elif name + ".bias" in wanted:   # BitFit: the bias trains while the weight stays frozen
         grads[name + ".bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
     if lora is not None:
@@ -197,7 +205,7 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0,
     p, eps, H, C = f"h.{i}.", config.layer_norm_epsilon, config.n_head, config.n_embd
     drop = config.dropout if rng is not None else 0.0
     c = BlockCache()
-    h, c.ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params[p + "ln_1.bias"], eps)
+    h, c.ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"), eps)
     qkv, c.qkv = _linear(params, p + "attn.c_attn", h, lora_scale)
     q, k, v = (L.split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))
     if kv is not None:
@@ -212,9 +220,9 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0,
     if (w := AD.adapter_weights(params, p + "adapter_attn")) is not None:
         a, c.adapter_attn = AD.adapter_forward(a, *w)
     x, _ = L.residual_forward(x, a)
-    h, c.ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params[p + "ln_2.bias"], eps)
+    h, c.ln2 = L.layernorm_forward(x, params[p + "ln_2.weight"], params.get(p + "ln_2.bias"), eps)
     h, c.fc = _linear(params, p + "mlp.c_fc", h, lora_scale)
-    h, c.gelu = L.gelu_forward(h)
+    h, c.gelu = GELU[config.gelu][0](h)
     h, c.mproj = _linear(params, p + "mlp.c_proj", h, lora_scale)
     h, c.drop2 = L.dropout_forward(h, drop, rng)
     if (w := AD.adapter_weights(params, p + "adapter_mlp")) is not None:
@@ -240,7 +248,7 @@ def block_backward(dx, c, i, config, grads, wanted):
     dh = _adapter_backward(dh, c.adapter_mlp, p + "adapter_mlp", grads)
     dh = L.dropout_backward(dh, c.drop2)
     dh = _linear_backward(dh, c.mproj, p + "mlp.c_proj", grads, wanted)
-    dh = L.gelu_backward(dh, c.gelu)
+    dh = GELU[config.gelu][1](dh, c.gelu)
     dh = _linear_backward(dh, c.fc, p + "mlp.c_fc", grads, wanted)
     dh, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = L.layernorm_backward(dh, c.ln2)
     dx = dx + dh
@@ -300,7 +308,7 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
         kv.advance(T)
     if last_only:
         x = x[:, -1:]
-    x, caches.lnf = L.layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"], config.layer_norm_epsilon)
+    x, caches.lnf = L.layernorm_forward(x, params["ln_f.weight"], params.get("ln_f.bias"), config.layer_norm_epsilon)
     if not head:
         return x, caches
     logits, caches.head = L.linear_forward(x, params["wte.weight"].T)   # tied LM head: x @ wte^T
@@ -376,17 +384,18 @@ def loss(params, config, ids, targets, lora_scale=1.0, ignore_index=-100):
 
 
 def param_names(config):
-    """Every base parameter name, in the order Hugging Face lists them."""
+    """Every base parameter name, in the order Hugging Face lists them (no `.bias` with config.bias False)."""
+    parts = (".weight", ".bias") if config.bias else (".weight",)
     names = ["wte.weight", "wpe.weight"]
     for i in range(config.n_layer):
         p = f"h.{i}."
         for sub in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
-            names += [p + sub + ".weight", p + sub + ".bias"]
-    return names + ["ln_f.weight", "ln_f.bias"]
+            names += [p + sub + part for part in parts]
+    return names + ["ln_f" + part for part in parts]
 
 
 def param_shapes(config):
-    """name -> shape for every base parameter."""
+    """name -> shape for every base parameter (config.bias False: no `.bias` entries)."""
     C, V = config.n_embd, config.vocab_size
     shapes = {"wte.weight": (V, C), "wpe.weight": (config.n_ctx, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
     sub = {
@@ -398,7 +407,7 @@ def param_shapes(config):
     }
     for i in range(config.n_layer):
         shapes.update({f"h.{i}.{k}": s for k, s in sub.items()})
-    return shapes
+    return {k: s for k, s in shapes.items() if config.bias or not k.endswith(".bias")}
 
 
 def init_params(config, xp, dtype, seed=0):
@@ -428,7 +437,7 @@ class GPT2:
     targets) -> (loss, grads). Everything else is plain functions of (params, config).
     """
 
-    def __init__(self, config, params, device="cpu", lora_scale=1.0, lora=None, quantized=()):
+    def __init__(self, config, params, device="cpu", lora_scale=1.0, lora=None, quantized=(), tokenizer=None):
         self.config = config
         self.params = params
         self.device = device
@@ -437,6 +446,7 @@ class GPT2:
         # The names of the weights picogpt.quantize.quantize_model rounded to int8 and back
         # (a record only: they are ordinary float arrays, and the forward is the same).
         self.quantized = tuple(quantized)
+        self.tokenizer = tokenizer    # its tokenizer (picogpt.tokenizers); None: GPT-2's
 
     @property
     def xp(self):
@@ -540,7 +550,7 @@ class GPT2:
         dtype = resolve_dtype(dtype or self.dtype, device)
         params = {k: to_device(a, device, dtype) for k, a in self.params.items()}
         return GPT2(self.config, params, device=device, lora_scale=self.lora_scale, lora=self.lora,
-                    quantized=self.quantized)
+                    quantized=self.quantized, tokenizer=self.tokenizer)
 
     def __repr__(self):
         c = self.config

@@ -32,6 +32,7 @@ from .heads import SCORE, GPT2Classifier
 from .model import GPT2, LORA_SUFFIXES, init_params, param_shapes
 from .paths import weights_dir  # noqa: F401 (also picogpt.weights.weights_dir, as before)
 from .peft.formats import attach_run_adapters
+from .tokenizers import TOKENIZER_FILE, read_tokenizer, write_tokenizer
 
 BUNDLED = Path(__file__).parent / "assets" / "shakespeare"
 BUNDLED_NAME = "shakespeare"   # --model shakespeare / --init shakespeare: the bundled model
@@ -94,10 +95,11 @@ def load_params(folder, config, device="cpu", dtype="float32"):
     return out
 
 
-def save_model(model, folder, dtype=None):
+def save_model(model, folder, dtype=None, tokenizer=None):
     """Write `config.json` + `model.safetensors` (keys prefixed `transformer.`, as
     save_pretrained writes them) that transformers' GPT2LMHeadModel.from_pretrained loads
-    (a classifier: GPT2ForSequenceClassification, with `score.weight` and its labels).
+    (a classifier: GPT2ForSequenceClassification, with `score.weight` and its labels), and the
+    model's tokenizer (default `model.tokenizer`) as `tokenizer.json` unless it is GPT-2's.
 
     dtype: store as 'float16' to halve the file (loading converts back). LoRA adapters are
     not written here: merge them first, or save them with `picogpt.lora.save_adapters`.
@@ -114,6 +116,7 @@ def save_model(model, folder, dtype=None):
     cfg = model.config.to_hf_dict()
     cfg["torch_dtype"] = str(np.dtype(dtype or model.dtype))
     write_json(folder / "config.json", cfg)
+    write_tokenizer(tokenizer or getattr(model, "tokenizer", None), folder)
     return folder
 
 
@@ -159,6 +162,11 @@ def load_model(name=None, device=None, dtype="float32"):
     config = read_config(folder)
     cls = GPT2Classifier if config.labels else GPT2
     model = cls(config, load_params(folder, config, device, dtype), device=device)
+    model.tokenizer = read_tokenizer(folder)
+    # (GPT-2's is not checked: small test models borrow its ids without all of its tokens)
+    if (folder / TOKENIZER_FILE).is_file() and model.tokenizer.n_vocab > config.vocab_size:
+        raise PicoGPTError(f"{folder}'s tokenizer has {model.tokenizer.n_vocab:,} tokens but its model only "
+                           f"{config.vocab_size:,}: the tokenizer.json belongs to another model.")
     return attach_run_adapters(model, folder)   # a prefix or adapter run's adapter/
 
 
