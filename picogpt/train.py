@@ -212,8 +212,10 @@ class Trainer:
             if H.SCORE in self.model.params:  # a new head must learn too (peft's modules_to_save=["score"])
                 self.trainable.append(H.SCORE)
         else:
+            # a prefix starts as the keys and values of the data's first tokens: real words of the task
             self.trainable = peft_methods.attach(self.model, cfg.prefix_tokens, cfg.prefix_hidden, cfg.adapter_size,
-                                                 cfg.adapter_kind, cfg.bitfit, cfg.seed) or list(self.model.params)
+                                                 cfg.adapter_kind, cfg.bitfit, cfg.seed,
+                                                 init_ids=self.train_ids[:cfg.prefix_tokens]) or list(self.model.params)
             if H.SCORE in self.model.params and H.SCORE not in self.trainable:   # a new head must learn too
                 self.trainable.append(H.SCORE)
         self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))

@@ -26,15 +26,17 @@ def bias_names(params):
     return names
 
 
-def attach(model, prefix_tokens=0, prefix_hidden=0, adapter_size=0, adapter_kind="houlsby", bitfit=False, seed=0):
+def attach(model, prefix_tokens=0, prefix_hidden=0, adapter_size=0, adapter_kind="houlsby", bitfit=False, seed=0,
+           init_ids=None):
     """Attach the one method asked for (in place) and return the names that train; None when
-    none is asked for (full fine-tuning). LoRA is picogpt.peft.lora.add_lora."""
+    none is asked for (full fine-tuning). LoRA is picogpt.peft.lora.add_lora. init_ids: the
+    tokens whose keys and values a prefix starts from (the first tokens of the training data)."""
     chosen = [name for name, on in (("prefix tokens", prefix_tokens), ("an adapter size", adapter_size),
                                     ("BitFit", bitfit)) if on]
     if len(chosen) > 1:
         raise PicoGPTError(f"choose one parameter-efficient method, not {' and '.join(chosen)}.")
     if prefix_tokens:
-        return PX.add_prefix(model, prefix_tokens, prefix_hidden, seed=seed)
+        return PX.add_prefix(model, prefix_tokens, prefix_hidden, seed=seed, init_ids=init_ids)
     if prefix_hidden:
         raise PicoGPTError("a prefix MLP width needs prefix tokens (--prefix-tokens N).")
     if adapter_size:
