@@ -305,6 +305,8 @@ RESULTS = {
     "cross_entropy_backward": "softmax(logits) - onehot(targets)",
     "adamw_step": "1 - b1**t",
     "softmax": "x - max(x)",
+    "repetition_penalty": "logits * penalty, logits / penalty",
+    "adapter_backward": "dh = dout + dz @ Wd^T",
 }
 
 
