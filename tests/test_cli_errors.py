@@ -251,6 +251,12 @@ def test_data_out_under_a_file_cannot_be_created(text, tmp_path, capsys):
     assert "free some" not in line
 
 
+def test_data_out_through_a_broken_link_cannot_be_created(text, tmp_path, capsys):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    r = run(data.main, text, "--out", tmp_path / "gone" / "sub", capsys=capsys)
+    assert_clean_error(r, "cannot create", "gone", alone=True)
+
+
 def _refuse_with(code):
     """A stand-in for an os function that fails with errno `code`."""
     def refuse(*_a, **_kw):
@@ -322,6 +328,15 @@ def test_eval_context_longer_than_the_model_is_refused(gpt2_vocab_model, text, c
 
 def test_shakespeare_names_the_bundled_model():
     assert weights.find_checkpoint("shakespeare") == weights.find_checkpoint(None) == weights.BUNDLED
+
+
+def test_train_init_shakespeare_starts_from_the_bundled_model(text, tmp_path):
+    cfg = TrainConfig(data=str(text), out=str(tmp_path / "out"), init="shakespeare", block_size=8, batch_size=1,
+                      steps=1, eval_batches=1, device="cpu")
+    trainer = Trainer(cfg, log=quiet)
+    bundled = picogpt.load_model()
+    assert trainer.model.config.replace(dropout=0.0) == bundled.config.replace(dropout=0.0)
+    np.testing.assert_array_equal(trainer.model.params["wpe.weight"], bundled.params["wpe.weight"])
 
 
 def test_a_missing_model_folder_is_called_missing_not_unknown(capsys):
