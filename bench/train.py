@@ -1,57 +1,149 @@
-"""Training throughput: tokens per second of one full step (forward + backward + AdamW update).
+"""Training step time: picogpt against a nanoGPT-shaped torch model, interleaved in one run.
 
-picogpt's step is model.loss_and_grads + clip_grad_norm + AdamW.step; the peer (when torch and
-transformers are installed) is GPT2LMHeadModel in eager PyTorch: forward with labels, backward,
-clip_grad_norm_, torch.optim.AdamW — same shapes, same machine, same run.
+picogpt's step is model.loss_and_grads + clip_grad_norm + AdamW.step (forward, backward,
+clipping, update). The peer is written below: a small torch model built as nanoGPT builds
+its GPT (torch Linear / LayerNorm / GELU(tanh) / fused scaled_dot_product_attention, the LM
+head tied to wte, cross-entropy on the logits) with nanoGPT's optimizer (torch AdamW,
+decay on matrices only, fused only on CUDA) and step (clip_grad_norm_ 1.0, zero_grad). Both
+run in the same process with the same BLAS / OpenMP threads (--threads, default 1), one
+step each in turn; the table gives the median and range over the repeats and the ratio
+peer time / picogpt time (>= 1.0: picogpt is at least as fast).
 
-    python bench/train.py                        # CPU: small shapes (gpt2-tiny, 8 x 256)
-    python bench/train.py --device gpu           # GPU: GPT-2 124M at 16 x 1024, float32 and TF32
-    python bench/train.py --device gpu --model gpt2 --batch 16 --block 1024 --modes float32 tf32
+    python bench/train.py                               # CPU: nanoGPT's three shapes
+    python bench/train.py --shapes char --repeats 9     # one shape, more repeats
+    python bench/train.py --device gpu                  # GPT-2 124M at 16 x 1024, float32 and TF32
+    python bench/train.py --peer transformers           # transformers' GPT2LMHeadModel instead
 
-Targets (from the issue): >= 0.9x torch in each mode on the GPU (an H100 measured 46.7k tokens/s
-float32 and 96k TF32 for transformers eager).
+Shapes: char = nanoGPT's CPU character recipe (4 layers, 4 heads, 128 wide, batch 12 x 64,
+vocabulary 65); baby = its "baby GPT" (6/6/384, 12 x 256, vocabulary 65); gpt2 = GPT-2 124M
+at 4 x 128; gpt2-1024 = GPT-2 124M at 16 x 1024 (the GPU shape).
 """
 
 import argparse
 
+from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, ratios, report, summary,
+                    torch_sync, xp_sync)
 import numpy as np
-from common import hf_peer, report, time_it, torch_sync, xp_sync
 
 from picogpt.backend import set_tf32, xp_for
-from picogpt.config import get_config
+from picogpt.config import GPT2Config
 from picogpt.model import GPT2, init_params
 from picogpt.optim import AdamW, clip_grad_norm
 
+SHAPES = {  # name -> (config, batch, block)
+    "char": (GPT2Config(n_layer=4, n_head=4, n_embd=128, n_ctx=64, vocab_size=65), 12, 64),
+    "baby": (GPT2Config(n_layer=6, n_head=6, n_embd=384, n_ctx=256, vocab_size=65), 12, 256),
+    "gpt2": (GPT2Config(), 4, 128),
+    "gpt2-1024": (GPT2Config(), 16, 1024),
+}
 
-def picogpt_tokens_per_s(config, device, batch, block, repeats):
+
+def batch_of(config, batch, block, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, config.vocab_size, (batch, block)), rng.integers(0, config.vocab_size, (batch, block))
+
+
+def picogpt_step(config, device, batch, block):
     xp = xp_for(device)
     model = GPT2(config, init_params(config, xp, np.float32, seed=0), device=device)
-    opt = AdamW(model.params)
-    rng = np.random.default_rng(0)
-    x = xp.asarray(rng.integers(0, config.vocab_size, (batch, block)))
-    y = xp.asarray(rng.integers(0, config.vocab_size, (batch, block)))
+    opt = AdamW(model.params, weight_decay=0.1, betas=(0.9, 0.99))
+    x, y = (xp.asarray(a) for a in batch_of(config, batch, block))
 
     def step():
         _, grads = model.loss_and_grads(x, y)
         clip_grad_norm(grads, 1.0)
-        opt.step(model.params, grads, 1e-4)
+        opt.step(model.params, grads, 1e-3)
 
-    return batch * block / time_it(step, xp_sync(xp), repeats)
+    return step, xp_sync(xp)
 
 
-def torch_tokens_per_s(config, device, batch, block, repeats, tf32):
+def nanogpt_model(torch, config):
+    """nanoGPT's GPT (model.py), without dropout: the modules and the forward it uses."""
+    nn, F = torch.nn, torch.nn.functional
+    C, H = config.n_embd, config.n_head
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+
+        def forward(self, x):
+            B, T, _ = x.size()
+            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # the fused kernel
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), Attention(), nn.LayerNorm(C)
+            self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(approximate="tanh"), nn.Linear(4 * C, C))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(config.vocab_size, C), nn.Embedding(config.n_ctx, C)
+            self.h = nn.ModuleList(Block() for _ in range(config.n_layer))
+            self.ln_f = nn.LayerNorm(C)
+            self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+            self.lm_head.weight = self.wte.weight                               # tied, as nanoGPT
+            for name, p in self.named_parameters():                              # nanoGPT's init
+                if p.dim() >= 2:
+                    std = 0.02 / (2 * config.n_layer) ** 0.5 if name.endswith("c_proj.weight") else 0.02
+                    nn.init.normal_(p, 0.0, std)
+                elif not name.startswith("ln") and ".ln_" not in name:
+                    nn.init.zeros_(p)
+
+        def forward(self, idx, targets):
+            T = idx.size(1)
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for block in self.h:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    return GPT()
+
+
+def nanogpt_step(config, device, batch, block, tf32=False):
+    torch = import_torch(THREADS)
+    if torch is None or (device == "gpu" and not torch.cuda.is_available()):
+        return None
+    tdev = "cuda" if device == "gpu" else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    model = nanogpt_model(torch, config).to(tdev).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    extra = {"fused": True} if tdev == "cuda" else {}                           # nanoGPT's configure_optimizers
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), **extra)
+    x, y = (torch.tensor(a, device=tdev) for a in batch_of(config, batch, block))
+
+    def step():
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, torch_sync(torch, tdev)
+
+
+def transformers_step(config, device, batch, block, tf32=False):
     peer = hf_peer(config, device)
     if peer is None:
         return None
     torch, transformers, tdev, hf = peer
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(hf).to(tdev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rng = np.random.default_rng(0)
-    x = torch.tensor(rng.integers(0, config.vocab_size, (batch, block)), device=tdev)
-    y = torch.tensor(rng.integers(0, config.vocab_size, (batch, block)), device=tdev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = (torch.tensor(a, device=tdev) for a in batch_of(config, batch, block))
 
     def step():
         logits = model(x).logits
@@ -61,34 +153,48 @@ def torch_tokens_per_s(config, device, batch, block, repeats, tf32):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    return batch * block / time_it(step, torch_sync(torch, tdev), repeats)
+    return step, torch_sync(torch, tdev)
+
+
+PEERS = {"nanogpt": nanogpt_step, "transformers": transformers_step}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--model", default=None, help="config preset, random weights (default: gpt2-tiny on cpu, gpt2 on gpu)")
-    p.add_argument("--batch", type=int, default=None, help="default: 8 on cpu, 16 on gpu")
-    p.add_argument("--block", type=int, default=None, help="default: 256 on cpu, 1024 on gpu")
+    p.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES),
+                   help="default: char baby gpt2 on cpu, gpt2-1024 on gpu")
     p.add_argument("--modes", nargs="+", default=None, choices=["float32", "tf32"],
                    help="default: float32 on cpu; float32 and tf32 on gpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peer", default="nanogpt", choices=list(PEERS))
+    p.add_argument("--repeats", type=int, default=5, help="interleaved steps of each side (after one warm-up)")
     p.add_argument("--no-peer", action="store_true", help="skip torch even if installed")
     p.add_argument("--json", default=None, help="append the results to this JSON-lines file")
+    add_threads_arg(p)
     args = p.parse_args()
     gpu = args.device == "gpu"
-    name = args.model or ("gpt2" if gpu else "gpt2-tiny")
-    batch, block = args.batch or (16 if gpu else 8), args.block or (1024 if gpu else 256)
-    config = get_config(name, n_ctx=max(block, get_config(name).n_ctx))
     rows = []
-    for mode in args.modes or (["float32", "tf32"] if gpu else ["float32"]):
-        set_tf32(mode == "tf32")
-        ours = picogpt_tokens_per_s(config, args.device, batch, block, args.repeats)
-        peer = None if args.no_peer else torch_tokens_per_s(config, args.device, batch, block, args.repeats, mode == "tf32")
-        rows.append({"device": args.device, "mode": mode, "shape": f"{batch}x{block}", "picogpt tok/s": ours,
-                     "torch tok/s": peer, "ratio": None if not peer else ours / peer})
-        print(rows[-1], flush=True)
-    report(f"training step: {name}, forward + backward + AdamW", rows, args.json)
+    for shape in args.shapes or (["gpt2-1024"] if gpu else ["char", "baby", "gpt2"]):
+        config, batch, block = SHAPES[shape]
+        for mode in args.modes or (["float32", "tf32"] if gpu else ["float32"]):
+            set_tf32(mode == "tf32")
+            sides = {"picogpt": picogpt_step(config, args.device, batch, block)}
+            peer = None if args.no_peer else PEERS[args.peer](config, args.device, batch, block, mode == "tf32")
+            if peer is not None:
+                sides[args.peer] = peer
+            t = interleaved(sides, args.repeats)
+            ours, theirs = t["picogpt"], t.get(args.peer)
+            row = {"shape": f"{shape} {config.n_layer}L/{config.n_head}H/{config.n_embd} {batch}x{block}",
+                   "mode": mode, "picogpt step": summary(ours["wall"]),
+                   "picogpt tok/s": batch * block / float(np.median(ours["wall"])),
+                   "peer step": summary(theirs["wall"]) if theirs else None,
+                   "ratio": ratios(theirs["wall"], ours["wall"]) if theirs else None,
+                   "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None}
+            rows.append(row)
+            print(row, flush=True)
+    report(f"training step (forward + backward + clip + AdamW), {args.device}, {args.threads} thread(s), "
+           f"peer: {'none' if args.no_peer else args.peer}; median (min-max) of {args.repeats} interleaved "
+           f"repeats; ratio = peer time / picogpt time (wall clock; and process CPU time)", rows, args.json)
 
 
 if __name__ == "__main__":
