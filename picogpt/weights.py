@@ -24,7 +24,7 @@ import numpy as np
 from . import safetensors
 from .backend import asnumpy, resolve_device, xp_for
 from .config import HUB_MODELS, PRESETS, GPT2Config, canonical_name, get_config, hub_model_names
-from .download import download
+from .hub import download
 from .dtypes import resolve_dtype
 from .errors import PicoGPTError
 from .files import write_json

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import picogpt
-from picogpt import download as dl
+from picogpt import download as command
+from picogpt import hub as dl
 from picogpt import safetensors
 from picogpt.backend import PicoGPTError, asnumpy
 from picogpt.config import HUB_MODELS
@@ -356,14 +357,14 @@ def test_cli_help_lists_names_and_examples():
 
 
 def test_main_in_process_reports_errors(capsys, tmp_path, monkeypatch):
-    assert dl.main(["nope", "--dir", str(tmp_path)]) == 2
+    assert command.main(["nope", "--dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown model 'nope'")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dl, "download", interrupted)
-    assert dl.main(["gpt2", "--dir", str(tmp_path)]) == 130
+    monkeypatch.setattr(command, "download", interrupted)
+    assert command.main(["gpt2", "--dir", str(tmp_path)]) == 130
     assert "again to resume" in capsys.readouterr().err
 
 
