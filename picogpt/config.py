@@ -27,6 +27,10 @@ class GPT2Config:
     pad_token_id: int | None = None   # a classifier's padding token (transformers' rule for "last token")
     bias: bool = True          # False: no biases in linear layers and layer norms (nanoGPT's bias=False)
     gelu: str = "tanh"         # tanh: GPT-2's approximation (gelu_new); exact: the erf form (transformers' "gelu")
+    # --- compress: head pruning (picogpt/prune.py) ---
+    # pruned_heads[i]: the heads removed from layer i, by their original index (transformers'
+    # config.pruned_heads); () = none. head_dim stays n_embd // n_head; layer i keeps heads(i).
+    pruned_heads: tuple = ()
 
     def __post_init__(self):
         # Plain Python numbers: a NumPy float64 scalar here would upcast float32 maths to float64.
@@ -49,6 +53,26 @@ class GPT2Config:
             raise PicoGPTError(f"config bias must be true or false, got {self.bias!r}.")
         if self.gelu not in GELU_ACTIVATIONS:
             raise PicoGPTError(f"config gelu must be one of {', '.join(GELU_ACTIVATIONS)}, got {self.gelu!r}.")
+        self._check_pruned_heads()
+
+    def _check_pruned_heads(self):
+        """pruned_heads as a tuple (one entry per layer) of sorted tuples of head indices; a
+        dict {layer: [heads]} (transformers' config.json) is accepted too."""
+        ph = self.pruned_heads or ()
+        if isinstance(ph, dict):
+            ph = [ph.get(i, ph.get(str(i), ())) for i in range(self.n_layer)]
+        ph = tuple(tuple(sorted(int(h) for h in heads)) for heads in ph)
+        if ph and len(ph) != self.n_layer:
+            raise PicoGPTError(f"config pruned_heads must have one entry per layer ({self.n_layer}), got {len(ph)}.")
+        for i, heads in enumerate(ph):
+            if len(set(heads)) != len(heads) or any(not 0 <= h < self.n_head for h in heads) or len(heads) >= self.n_head:
+                raise PicoGPTError(f"config pruned_heads: layer {i} must keep at least one of its {self.n_head} heads "
+                                   f"and name each removed head once, got {list(heads)}.")
+        object.__setattr__(self, "pruned_heads", ph if any(ph) else ())
+
+    def heads(self, i):
+        """How many attention heads layer i has (n_head unless some were pruned)."""
+        return self.n_head - (len(self.pruned_heads[i]) if self.pruned_heads else 0)
 
     @property
     def num_labels(self):
@@ -75,7 +99,9 @@ class GPT2Config:
         C, L = self.n_embd, self.n_layer
         b = int(self.bias)   # biases of the four projections and the layer norms' shifts
         per_block = 2 * (1 + b) * C + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
-        return self.vocab_size * C + self.n_ctx * C + L * per_block + (1 + b) * C
+        removed = sum(self.n_head - self.heads(i) for i in range(L)) * self.head_dim   # pruned heads' channels
+        per_channel = 3 * C + 3 * b + C    # a head channel: its q, k, v columns (+ biases) and its c_proj row
+        return self.vocab_size * C + self.n_ctx * C + L * per_block + (1 + b) * C - removed * per_channel
 
     # --- Hugging Face config.json --------------------------------------------------------
     def to_hf_dict(self):
@@ -102,6 +128,8 @@ class GPT2Config:
             "bos_token_id": 50256 if self.vocab_size > 50256 else None,
             "eos_token_id": 50256 if self.vocab_size > 50256 else None,
         }
+        if self.pruned_heads:   # transformers' own key: from_pretrained prunes these heads before loading
+            d["pruned_heads"] = {str(i): list(h) for i, h in enumerate(self.pruned_heads) if h}
         if not self.bias:   # picogpt's own key: transformers' GPT-2 always has biases (it ignores this)
             d["bias"] = False
         if self.labels:
@@ -123,6 +151,7 @@ class GPT2Config:
         args = {k: d[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "layer_norm_epsilon") if k in d}
         args["n_ctx"] = d.get("n_positions", d.get("n_ctx", 1024))
         args["gelu"], args["bias"] = gelu, d.get("bias", True)
+        args["pruned_heads"] = d.get("pruned_heads") or ()
         # transformers writes id2label (LABEL_0, LABEL_1) into every config; only a sequence
         # classifier's labels are the model's classes.
         if "GPT2ForSequenceClassification" in (d.get("architectures") or []):

@@ -36,6 +36,7 @@ from .generation import generate
 from .score import score
 from .peft import adapters as AD
 from .peft import prefix as PX
+from . import gates as G
 
 LORA_SUFFIXES = (".lora_A", ".lora_B")
 
@@ -53,6 +54,7 @@ class BlockCache:
     ln1: tuple = None     # layernorm_forward: ln_1
     qkv: tuple = None     # _linear: attn.c_attn (x -> [q | k | v])
     att: tuple = None     # attention_forward: (q, k, v, softmax cache, dropped probs, dropout cache, scale)
+    gate: tuple = None    # head_gate_forward (picogpt/gates.py), if the block has head gates
     prefix: bool = False  # True: `att` is prefix_attention_forward's cache (keys and values behind a prefix)
     proj: tuple = None    # _linear: attn.c_proj
     drop1: tuple = None   # dropout_forward on the attention branch
@@ -94,9 +96,9 @@ class KVCache:
     """
 
     def __init__(self, config, batch, max_len, xp, dtype, pad=None):
-        shape = (batch, config.n_head, max_len, config.head_dim)
-        self.k = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        shapes = [(batch, config.heads(i), max_len, config.head_dim) for i in range(config.n_layer)]   # heads: pruning
+        self.k = [xp.zeros(shape, dtype=dtype) for shape in shapes]
+        self.v = [xp.zeros(shape, dtype=dtype) for shape in shapes]
         self.max_len = max_len
         self.length = 0
         self.prefix = 0   # how many of the first positions hold a prefix (peft.prefix.fill_cache)
@@ -202,7 +204,8 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0,
         x = x + dropout(attn(ln_1(x)))
         x = x + dropout(mlp(ln_2(x)))
     """
-    p, eps, H, C = f"h.{i}.", config.layer_norm_epsilon, config.n_head, config.n_embd
+    p, eps, H = f"h.{i}.", config.layer_norm_epsilon, config.heads(i)
+    C = H * config.head_dim   # the attention's width: n_embd, unless heads were pruned
     drop = config.dropout if rng is not None else 0.0
     c = BlockCache()
     h, c.ln1 = L.layernorm_forward(x, params[p + "ln_1.weight"], params.get(p + "ln_1.bias"), eps)
@@ -215,6 +218,8 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0,
     else:
         a, c.att = PX.prefix_attention_forward(q, k, v, *prefix, mask, drop, rng)
         c.prefix = True
+    if (gate := params.get(p + G.GATE)) is not None:
+        a, c.gate = G.head_gate_forward(a, gate)
     a, c.proj = _linear(params, p + "attn.c_proj", L.merge_heads(a), lora_scale)
     a, c.drop1 = L.dropout_forward(a, drop, rng)
     if (w := AD.adapter_weights(params, p + "adapter_attn")) is not None:
@@ -256,7 +261,9 @@ def block_backward(dx, c, i, config, grads, wanted):
     dx, da = L.residual_backward(dx)
     da = _adapter_backward(da, c.adapter_attn, p + "adapter_attn", grads)
     da = L.dropout_backward(da, c.drop1)
-    da = L.split_heads(_linear_backward(da, c.proj, p + "attn.c_proj", grads, wanted), config.n_head)
+    da = L.split_heads(_linear_backward(da, c.proj, p + "attn.c_proj", grads, wanted), config.heads(i))
+    if c.gate is not None:
+        da, grads[p + G.GATE] = G.head_gate_backward(da, c.gate)
     if c.prefix:   # the prefix's keys and values get their gradient here, collected by backward_hidden
         dq, dk, dv, grads[p + "prefix_k"], grads[p + "prefix_v"] = PX.prefix_attention_backward(da, c.att)
     else:
@@ -406,7 +413,10 @@ def param_shapes(config):
         "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
     }
     for i in range(config.n_layer):
+        A = config.heads(i) * config.head_dim   # attention width: C, less the pruned heads' channels
         shapes.update({f"h.{i}.{k}": s for k, s in sub.items()})
+        shapes.update({f"h.{i}.attn.c_attn.weight": (C, 3 * A), f"h.{i}.attn.c_attn.bias": (3 * A,),
+                       f"h.{i}.attn.c_proj.weight": (A, C)})
     return {k: s for k, s in shapes.items() if config.bias or not k.endswith(".bias")}
 
 
