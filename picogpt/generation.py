@@ -194,7 +194,7 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     stop: a string or a list of them; a row ends once its new text contains one. Its ids keep
     the token that completed the stop string (as transformers); the text before the stop
     string is `cut_at_stop(tok.decode(new_ids), stop)`, which the commands print. `tokenizer`
-    decodes for that check (default: GPT-2's).
+    decodes for that check (default: the model's own, `model.tokenizer`, else GPT-2's).
 
     Returns NumPy ids shaped like the input: (T + n,), (B, T + n), or a list of lists (each
     row its own prompt plus its new tokens, up to and including its end). With several rows
@@ -218,7 +218,7 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     fill = eot_token if has_eot else 0            # what finished rows are padded with
     eos = eot_token if has_eot and stop_at_eot else None
     rules = Rules(float(repetition_penalty), int(no_repeat_ngram_size), int(min_new_tokens), eos)
-    stopper = stop_checker(stop, tokenizer or get_tokenizer())
+    stopper = stop_checker(stop, tokenizer or getattr(model, "tokenizer", None) or get_tokenizer())
     per_prompt = int(num_return_sequences)
     out_prompts = [p for p in prompts for _ in range(per_prompt)]
 
