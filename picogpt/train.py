@@ -42,10 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import amp
 from . import data as D
+from . import distill
 from . import heads as H
 from . import layers as L
 from . import lora as lora_mod
+from . import prune
 from . import safetensors
 from . import sft
 from .backend import asnumpy, make_rng, resolve_device, set_tf32, synchronize
@@ -105,6 +108,13 @@ class TrainConfig:
     resume: bool = False
     epochs: int | None = None       # passes over the training data; when given, sets `steps`
     patience: int | None = None     # early stopping: evaluations without a lower val loss (None = off)
+    # --- compression (prune.py, distill.py, amp.py) ---
+    prune_masks: str | None = None  # pruning masks to keep (default: the --init folder's prune_masks.safetensors)
+    teacher: str | None = None      # distillation: the teacher model (name or folder)
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5      # weight of the teacher's KL; 1 - alpha: the text's cross-entropy
+    loss_scale: float = 65536.0     # --dtype float16: the initial loss scale
+    loss_scale_window: int = 1000   # --dtype float16: clean steps before the scale doubles
 
     def check(self):
         """Refuse, in one sentence naming the flag, a setting that cannot train as the user means."""
@@ -145,6 +155,13 @@ class TrainConfig:
             raise PicoGPTError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}.")
         if self.epochs is not None and self.epochs < 1:
             raise PicoGPTError(f"--epochs must be >= 1, got {self.epochs}.")
+        if self.teacher is not None:
+            distill.check_settings(self.distill_temperature, self.distill_alpha)
+            if self.dtype == "float16":
+                raise PicoGPTError("--teacher with --dtype float16 is not supported: distil in float32.")
+        if not self.loss_scale > 0 or self.loss_scale_window < 1:
+            raise PicoGPTError(f"--loss-scale must be > 0 and --loss-scale-window >= 1, got {self.loss_scale} and "
+                               f"{self.loss_scale_window}.")
         if self.patience is not None and self.patience < 1:
             raise PicoGPTError(f"--patience must be >= 1 evaluation without a lower validation loss, got "
                                f"{self.patience} (leave it out to train all the steps).")
@@ -164,7 +181,8 @@ def task_of(data):
 
 # The fields a resumed run must share with the checkpoint it continues.
 _MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype",
-               "prefix_tokens", "prefix_hidden", "adapter_size", "adapter_kind", "bitfit")
+               "prefix_tokens", "prefix_hidden", "adapter_size", "adapter_kind", "bitfit",
+               "teacher", "distill_temperature", "distill_alpha")
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -219,6 +237,12 @@ class Trainer:
             if H.SCORE in self.model.params and H.SCORE not in self.trainable:   # a new head must learn too
                 self.trainable.append(H.SCORE)
         self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        # --- compression: masks kept, a teacher, float16 loss scaling (None when not used) ---
+        self.masks = self._pruning_masks()
+        self.teacher = distill.load_teacher(cfg.teacher, self.model, self.device) if cfg.teacher else None
+        if self.teacher is not None and self.task == "classify":
+            raise PicoGPTError("--teacher distils a language model; a classifier cannot use it.")
+        self.scaler = amp.LossScaler(cfg.loss_scale, cfg.loss_scale_window) if cfg.dtype == "float16" else None
         self.step_num = 0
         self.best_val = None
         self.best_step, self.since_best = None, 0   # early stopping: evaluations since the best
@@ -244,6 +268,13 @@ class Trainer:
             raise PicoGPTError(f"{self.out}/ already holds files that are not a training run's (such as {others[0]}) "
                                "and no checkpoint: choose an empty or new --out, so that nothing there is overwritten.")
 
+    def _pruning_masks(self):
+        """--prune-masks FILE, or the --init folder's prune_masks.safetensors (python -m picogpt.prune)."""
+        path = self.cfg.prune_masks
+        if path is None and self.cfg.init != "scratch" and (Path(self.cfg.init) / prune.MASKS_FILE).is_file():
+            path = Path(self.cfg.init) / prune.MASKS_FILE
+        return prune.load_masks(path, self.model.params) if path else None
+
     def _check_lora_rank(self):
         """An adapter A (in, r) B (r, out) of rank above min(in, out) adds numbers, not expressiveness."""
         shapes = [self.model.params[f"h.0.{t}.weight"].shape for t in lora_mod.DEFAULT_TARGETS]
@@ -261,12 +292,12 @@ class Trainer:
             config = get_config(cfg.model, **sizes, vocab_size=tok.n_vocab)
             if cfg.block_size:
                 config = config.replace(n_ctx=cfg.block_size)
-            model = init_model(config, device=self.device, dtype=cfg.dtype, seed=cfg.seed)
+            model = init_model(config, device=self.device, dtype=self._master_dtype(), seed=cfg.seed)
         else:
             if sizes:
                 raise PicoGPTError("--n-layer/--n-head/--n-embd/--bias/--gelu apply to --init scratch only; a pretrained "
                                    "model keeps its sizes.")
-            model = load_model(cfg.init, device=self.device, dtype=cfg.dtype)
+            model = load_model(cfg.init, device=self.device, dtype=self._master_dtype())
             if not same_tokenizer(tok, get_tokenizer(model)):
                 raise PicoGPTError(f"the data ({cfg.data}) is tokenised with {describe(tok)} but --init {cfg.init} uses "
                                    f"{describe(get_tokenizer(model))}: prepare the data with the model's tokenizer, or "
@@ -275,6 +306,10 @@ class Trainer:
         model = self._model_for_task(model)
         model.config = model.config.replace(dropout=cfg.dropout)
         return model
+
+    def _master_dtype(self):
+        """The parameters' dtype: --dtype float16 trains float32 master weights (amp.py)."""
+        return "float32" if self.cfg.dtype == "float16" else self.cfg.dtype
 
     # --- examples (sft / classify) --------------------------------------------------------
     def _load_examples(self):
@@ -312,11 +347,19 @@ class Trainer:
         """One micro-batch's (loss, grads, tokens processed, padding included): random windows
         (lm) or the next examples."""
         cfg, model = self.cfg, self.model
-        if self.task == "lm":
-            x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
-            return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size)
-        if self.task == "sft":
-            x, y = self.batches.next()
+        if self.task in ("lm", "sft"):
+            if self.task == "lm":
+                x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
+            else:
+                x, y = self.batches.next()
+            if self.teacher is not None:   # distillation (distill.py)
+                x_, y_ = model._ids_and_targets(x, y, -100)
+                return (*distill.loss_and_grads(model, self.teacher, x_, y_, cfg.distill_temperature, cfg.distill_alpha,
+                                                drop_rng, wanted), x.size)
+            if self.scaler is not None:    # float16 with loss scaling (amp.py); grads None = overflow
+                x_, y_ = model._ids_and_targets(x, y, -100)
+                return (*amp.loss_and_grads(model.params, model.config, x_, y_, self.scaler.scale, drop_rng,
+                                            model.lora_scale, wanted), x.size)
             return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size)
         x, lengths, labels = self.batches.next()
         xp = model.xp
@@ -377,10 +420,13 @@ class Trainer:
         total, grads = 0.0, None
         t0 = time.perf_counter()
         tokens = 0
+        overflow = False
         for _ in range(cfg.grad_accum):
             loss, g, n = self._loss_and_grads(batch_rng, wanted, drop_rng)
             total, tokens = total + loss / cfg.grad_accum, tokens + n
-            if grads is None:
+            if g is None:   # float16: a gradient overflowed (amp.py)
+                overflow = True
+            elif grads is None:
                 grads = g
             else:
                 for k in grads:
@@ -390,13 +436,31 @@ class Trainer:
                 g /= cfg.grad_accum
         if not math.isfinite(total):
             return {"step": s + 1, "loss": total}
-        norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip else None
         lr = self.lr(s)
+        if self.scaler is not None and self._skip_on_overflow(overflow, s + 1):
+            self.step_num += 1
+            return {"step": s + 1, "loss": total, "lr": lr, "grad_norm": None, "tokens": tokens,
+                    "seconds": time.perf_counter() - t0, "skipped": True}
+        if self.masks is not None:   # pruned weights get no gradient (so no AdamW moment either)
+            prune.apply_masks(grads, self.masks)
+        norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip else None
         self.opt.step(model.params, grads, lr)
+        if self.masks is not None:   # and are masked again: exactly zero whatever the update did
+            prune.apply_masks(model.params, self.masks)
         synchronize(xp)
         seconds = time.perf_counter() - t0
         self.step_num += 1
         return {"step": s + 1, "loss": total, "lr": lr, "grad_norm": norm, "tokens": tokens, "seconds": seconds}
+
+    def _skip_on_overflow(self, overflow, step):
+        """Dynamic loss scaling: True (skip this step) on an overflow, the scale halved and logged."""
+        before = self.scaler.scale
+        event = self.scaler.update(not overflow)
+        if event == "overflow":
+            self.log(f"step {step}: inf/NaN gradient at loss scale {before:g}: step skipped, scale now {self.scaler.scale:g}")
+        elif event == "grow":
+            self.log(f"step {step}: {self.scaler.window} clean steps: loss scale now {self.scaler.scale:g}")
+        return overflow
 
     def evaluate(self, split="val"):
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
@@ -432,6 +496,8 @@ class Trainer:
                 "best_step": json.dumps(self.best_step), "since_best": json.dumps(self.since_best)}
         if self.task != "lm":
             meta["sampler"] = json.dumps(self.batches.state())
+        if self.scaler is not None:
+            meta["loss_scale"] = json.dumps(self.scaler.state())
         safetensors.save(arrays, self.out / "checkpoint.safetensors", metadata=meta)
         if not self.cfg.patience:  # with early stopping the model files hold the best model instead
             self.save_model_files()
@@ -450,6 +516,8 @@ class Trainer:
             save_model(peft_methods.base_model(self.model), self.out)
         else:
             save_model(self.model, self.out)
+        if self.masks is not None:   # so that training from this folder keeps them too
+            prune.save_masks(self.masks, self.out)
         if cfg.lora_rank or cfg.prefix_tokens or cfg.adapter_size:
             save_adapters(self.model, self.out / "adapter", base_model_name_or_path=cfg.init)
 
@@ -480,6 +548,8 @@ class Trainer:
                                f"give --steps above {step} to train further.")
         self.opt.load_state_dict(arrays, opt_scalars)
         self.step_num = step
+        if self.scaler is not None and "loss_scale" in meta:
+            self.scaler.load_state(json.loads(meta["loss_scale"]))
         self.best_val = json.loads(meta.get("best_val", "null"))
         self.best_step, self.since_best = json.loads(meta.get("best_step", "null")), json.loads(meta.get("since_best", "0"))
         if self.task != "lm":
@@ -655,6 +725,13 @@ _FLAGS = {
     "val_fraction": (float, "for a text file: the last fraction kept for validation (default 0.05); "
                             "a folder from picogpt.data has its own split"),
     "epochs": (int, "passes over the training data (examples, or a text's tokens), instead of --steps"),
+    "prune_masks": (str, "keep these pruning masks (prune_masks.safetensors from python -m picogpt.prune) at zero while "
+                         "training (default: the --init folder's, if it has one)"),
+    "teacher": (str, "distillation: a teacher model (name or folder) with the same vocabulary"),
+    "distill_temperature": (float, "distillation: the softmax temperature T of both models, > 0 (default 2)"),
+    "distill_alpha": (float, "distillation: loss = A T^2 KL(teacher || student) + (1 - A) CE, 0 <= A <= 1 (default 0.5)"),
+    "loss_scale": (float, "--dtype float16: the initial loss scale (default 65536)"),
+    "loss_scale_window": (int, "--dtype float16: double the loss scale after this many clean steps (default 1000)"),
     "patience": (int, "early stopping: stop after N evaluations without a lower validation loss; OUT/model.safetensors "
                       "is then the best model, the checkpoint the last step (default off)"),
 }
@@ -696,7 +773,9 @@ def build_parser():
                        metavar={"init": None, "model": None, "bias": "true|false", "gelu": "tanh|exact",
                                 "adapter_kind": "houlsby|pfeiffer"}.get(name, name.upper()))
     p.add_argument("--device", choices=["cpu", "gpu"], default=None, help="cpu or gpu (default: $PICOGPT_DEVICE or cpu)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="float32 (default) or float64")
+    p.add_argument("--dtype", choices=["float32", "float64", "float16"], default="float32",
+                   help="float32 (default), float64, or float16: mixed precision with float32 master weights and "
+                        "dynamic loss scaling (picogpt/amp.py)")
     p.add_argument("--tf32", action="store_true", help="GPU only: let float32 matmuls use TF32 tensor cores")
     p.add_argument("--bitfit", action="store_true", help="train only the biases (BitFit), base frozen")
     p.add_argument("--resume", action="store_true",
