@@ -511,9 +511,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.lora_rank:
             lora_mod.save_adapters(self.model, self.out / "adapters.safetensors")
-            save_model(lora_mod.merge_lora(self.model), self.out)
+            save_model(lora_mod.merge_lora(self.model), self.out, tokenizer=self.model.tokenizer)
         elif cfg.prefix_tokens or cfg.adapter_size:
-            save_model(peft_methods.base_model(self.model), self.out)
+            save_model(peft_methods.base_model(self.model), self.out, tokenizer=self.model.tokenizer)
         else:
             save_model(self.model, self.out)
         if self.masks is not None:   # so that training from this folder keeps them too
