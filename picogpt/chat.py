@@ -29,7 +29,7 @@ from .generate import add_decoding_arguments, decoding_options
 from .generation import generate
 from .heads import check_language_model
 from .sampling import check_sampling_args
-from .tokenizer import get_tokenizer
+from .tokenizers import get_tokenizer
 from .weights import load_model
 
 COMMANDS = {"/reset": "forget the conversation", "/exit": "end the session"}
@@ -140,7 +140,7 @@ def run(args, stdin=None, stdout=None, stderr=None):
         raise PicoGPTError("chat writes one reply per turn: leave --num-return-sequences at 1.")
     model = load_model(args.model, device=args.device)
     check_language_model(model, args.model or "the bundled model")
-    chat = Chat(model, get_tokenizer(), args.user.strip(), args.bot.strip(), args.max_new_tokens, out, err,
+    chat = Chat(model, get_tokenizer(model), args.user.strip(), args.bot.strip(), args.max_new_tokens, out, err,
                 args.seed, **options)
     piped = not stdin.isatty()
     if not piped:
