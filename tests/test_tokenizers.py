@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import picogpt
 from helpers import assert_clean_error, quiet, write_text
+from picogpt import chat as C
 from picogpt import data as D
 from picogpt import eval as E
 from picogpt import generate as G
@@ -185,6 +186,12 @@ def test_eval_uses_the_models_tokenizer(char_run, corpus, capsys):
     model = picogpt.load_model(char_run.model)
     loss, n, _, _ = E.evaluate_ids(model, TK.read_tokenizer(char_run.model).encode(CORPUS), 16, 16)
     assert n == len(CORPUS) - 1 and f"loss {loss:.4f} nats/token" in r.stdout
+
+
+def test_chat_uses_the_models_tokenizer(char_run, capsys):
+    """A character model has no <|endoftext|>, which ends every turn of the chat template."""
+    r = run(C.main, capsys, "--model", char_run.model)
+    assert_clean_error(r, "tokenizer has no <|endoftext|> token", alone=True)
 
 
 def test_resuming_or_fine_tuning_a_char_model_keeps_its_tokenizer(char_run, tmp_path):
