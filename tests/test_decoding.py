@@ -64,8 +64,12 @@ def test_fixture_exercises_the_options():
     assert CASES["min_new_tokens"]["new"] != CASES["greedy_eos"]["new"]
     eos_beams = [len(r) for r in CASES["beam4_eos_return4"]["new"]]
     assert min(eos_beams) < 30 and len(set(eos_beams)) > 1
-    for name in ("beam4_eos_early_true", "beam4_eos_early_never", "beam4_eos_lp0", "beam4_eos_lp_neg"):
-        assert CASES[name]["new"] != CASES["beam4_eos_return4"]["new"][:len(CASES[name]["new"])] or name, name
+    default = CASES["beam4_eos_return4"]["new"]        # 4 beams per prompt, early_stopping False, length_penalty 1
+    best_two = [row for i, row in enumerate(default) if i % 4 < 2]
+    for name in ("beam4_eos_early_true", "beam4_eos_lp0", "beam4_eos_lp_neg"):
+        assert CASES[name]["new"] != best_two, name
+    assert CASES["beam4_eos_early_never"]["new"] != CASES["beam4_eos_early_true"]["new"]
+    assert CASES["beam4_eos_lp2_never"]["new"] != default[::4]
 
 
 @pytest.mark.parametrize("name", list(SAMPLED))
