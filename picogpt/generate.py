@@ -15,6 +15,7 @@ string, and streamed text that could be the start of one is held back until it i
 """
 
 import argparse
+import re
 import sys
 import time
 
@@ -101,7 +102,13 @@ def add_decoding_arguments(p):
                    help="beam search stops at K finished beams (true), when the best running beam can no longer win "
                         "at its current length (false, the default), or at its best possible length (never)")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="end a continuation before TEXT (repeatable: the first one met ends it)")
+                   help="end a continuation before TEXT (repeatable: the first one met ends it); "
+                        "\\n and \\t in TEXT stand for a newline and a tab")
+
+
+def unescape(text):
+    r"""A shell cannot easily type a newline: \n, \t and \\ in a --stop text mean newline, tab, backslash."""
+    return re.sub(r"\\(n|t|\\)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def decoding_options(args):
@@ -110,7 +117,7 @@ def decoding_options(args):
                 min_new_tokens=args.min_new_tokens, num_beams=args.num_beams,
                 num_return_sequences=args.num_return_sequences, length_penalty=args.length_penalty,
                 early_stopping={"true": True, "false": False, "never": "never"}[args.early_stopping],
-                stop=check_stop(args.stop))
+                stop=check_stop(None if args.stop is None else [unescape(s) for s in args.stop]))
     check_rule_args(opts["repetition_penalty"], opts["no_repeat_ngram_size"], opts["min_new_tokens"])
     return opts
 

@@ -265,3 +265,9 @@ def test_command_beams_stop_and_penalty():
                    "--stop", stop, "--stop", "\x01")
     assert r.returncode == 0, r.stderr
     assert r.stdout == prompt + text[:text.index(stop)] + "\n"
+
+
+def test_stop_flag_understands_newline_escapes():
+    assert generate_command.unescape(r"a\nb\tc\\n é") == "a\nb\tc\\n é"
+    args = generate_command.build_parser().parse_args(["x", "--stop", r"\n\n", "--stop", "END"])
+    assert generate_command.decoding_options(args)["stop"] == ("\n\n", "END")
