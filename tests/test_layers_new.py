@@ -171,3 +171,13 @@ def test_keep_freed_memory_is_harmless_to_call_twice():
     first = L.keep_freed_memory()
     assert L.keep_freed_memory() == first
     assert isinstance(first, bool)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, L.FEW_ROWS, L.FEW_ROWS + 1])
+def test_linear_with_few_rows_is_the_plain_product(rows):
+    x, W, b = (normal(np, i, shape, dtype=np.float32) for i, shape in enumerate([(rows, 48), (48, 80), (80,)]))
+    out, _ = L.linear_forward(x, W, b)
+    assert out.flags.c_contiguous
+    np.testing.assert_allclose(out, x @ W + b, rtol=1e-5, atol=2e-5)
+    # the same numbers for an F-ordered W (the tied LM head passes wte.T), within float32 rounding
+    np.testing.assert_allclose(L.linear_forward(x[None], W.T.copy().T, b)[0][0], out, rtol=1e-5, atol=2e-5)
