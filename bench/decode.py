@@ -1,36 +1,45 @@
-"""Decode speed: new tokens per second of greedy generation with a KV cache.
+"""Decode speed: new tokens per second of greedy generation with a KV cache, against transformers.
 
 GPT-2 124M shapes with random weights (no download needed), a 16-token prompt, 128 new tokens,
-batch 1 and batch 16, on the CPU and (where CuPy sees one) the GPU. When torch and transformers
-are installed, GPT2LMHeadModel.generate runs on the same machine in the same run (eager PyTorch,
-its default attention) and the ratio picogpt / transformers is printed.
+batch 1 and batch 16. When torch and transformers are installed, GPT2LMHeadModel.generate runs
+in the same process, interleaved with picogpt call by call (eager PyTorch, its default
+attention), with the same BLAS / OpenMP threads (--threads, default 1). The table gives the
+median and range over the repeats and the ratio of the two times (>= 1: picogpt is faster).
 
-    python bench/decode.py                     # cpu, and gpu if available
+At batch 1 a decode step reads every weight once, so memory bandwidth bounds it. The benchmark
+measures this machine's read bandwidth (summing a 1 GB array on the same threads) and reports
+the fraction of it that picogpt's batch-1 decode reaches: (bytes of weights read per token /
+seconds per token) / bandwidth.
+
+    python bench/decode.py                      # cpu, and gpu if available
+    python bench/decode.py --batch 1 --repeats 9
     python bench/decode.py --device gpu --batch 1 16 --json results.jsonl
 
-Goals picogpt sets itself: CPU batch 1 >= 1.5x transformers; GPU batch 1 >= 3x transformers eager.
+Targets (from the issues): CPU >= 1.5x transformers at batch 1 and 16; GPU batch 1 >= 3x eager.
 """
 
 import argparse
+import statistics
+import time
 
+from common import (add_threads_arg, gpu_available, hf_peer, interleaved, ratios, report, summary, torch_sync,
+                    xp_sync)
 import numpy as np
-from common import gpu_available, hf_peer, report, time_it, torch_sync, xp_sync
 
 from picogpt.backend import set_tf32, xp_for
 from picogpt.config import get_config
-from picogpt.generate import generate
+from picogpt.generation import generate
 from picogpt.model import GPT2, init_params
 
 
-def picogpt_tokens_per_s(config, device, batch, prompt_len, new, repeats, dtype):
+def picogpt_run(config, device, batch, prompt_len, new, dtype):
     xp = xp_for(device)
     model = GPT2(config, init_params(config, xp, np.dtype(dtype), seed=0), device=device)
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, (batch, prompt_len))
-    run = lambda: generate(model, prompt, new, temperature=0.0, stop_at_eot=False)  # noqa: E731
-    return batch * new / time_it(run, xp_sync(xp), repeats)
+    return (lambda: generate(model, prompt, new, temperature=0.0, stop_at_eot=False)), xp_sync(xp)
 
 
-def transformers_tokens_per_s(config, device, batch, prompt_len, new, repeats, dtype):
+def transformers_run(config, device, batch, prompt_len, new, dtype):
     peer = hf_peer(config, device)
     if peer is None:
         return None
@@ -45,7 +54,27 @@ def transformers_tokens_per_s(config, device, batch, prompt_len, new, repeats, d
             model.generate(prompt, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
 
-    return batch * new / time_it(run, torch_sync(torch, tdev), repeats)
+    return run, torch_sync(torch, tdev)
+
+
+def read_bandwidth(gigabytes=1.0, repeats=5):
+    """Bytes per second at which this process reads a large float32 array (median of `repeats`
+    sums of `gigabytes` GB: far larger than any cache, so it is memory's speed)."""
+    a = np.ones(int(gigabytes * 2**30) // 4, dtype=np.float32)
+    a.sum()                                             # fault the pages in before timing
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        seconds.append(time.perf_counter() - t0)
+    return a.nbytes / statistics.median(seconds)
+
+
+def weight_bytes_per_token(config, itemsize):
+    """Bytes of weights one batch-1 decode step reads: every parameter once (wte twice over is
+    not needed: its one looked-up row is negligible beside the LM head's full read), except
+    the position table, of which one row is read."""
+    return (config.num_params() - (config.n_ctx - 1) * config.n_embd) * itemsize
 
 
 def main():
@@ -54,26 +83,45 @@ def main():
     p.add_argument("--batch", nargs="+", type=int, default=[1, 16])
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved runs of each side (after one warm-up)")
     p.add_argument("--model", default="gpt2", help="config preset (random weights), default gpt2 (124M)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="float16: GPU only")
     p.add_argument("--no-peer", action="store_true", help="skip transformers even if installed")
     p.add_argument("--json", default=None, help="append the results to this JSON-lines file")
+    add_threads_arg(p)
     args = p.parse_args()
     devices = args.device or (["cpu", "gpu"] if gpu_available() else ["cpu"])
     config = get_config(args.model)
     set_tf32(False)
+    bandwidth = read_bandwidth() if "cpu" in devices else None
     rows = []
     for device in devices:
         for batch in args.batch:
-            ours = picogpt_tokens_per_s(config, device, batch, args.prompt_len, args.new_tokens, args.repeats, args.dtype)
-            peer = None if args.no_peer else transformers_tokens_per_s(
-                config, device, batch, args.prompt_len, args.new_tokens, args.repeats, args.dtype)
-            rows.append({"device": device, "dtype": args.dtype, "batch": batch, "picogpt tok/s": ours,
-                         "transformers tok/s": peer, "ratio": None if not peer else ours / peer})
-            print(rows[-1], flush=True)
-    report(f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy",
-           rows, args.json)
+            shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
+            sides = {"picogpt": picogpt_run(*shape)}
+            peer = None if args.no_peer else transformers_run(*shape)
+            if peer is not None:
+                sides["transformers"] = peer
+            t = interleaved(sides, args.repeats)
+            ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
+            tokens = batch * args.new_tokens
+            row = {"device": device, "dtype": args.dtype, "batch": batch, "picogpt run": summary(ours),
+                   "picogpt tok/s": tokens / statistics.median(ours),
+                   "transformers run": summary(theirs) if theirs else None,
+                   "transformers tok/s": tokens / statistics.median(theirs) if theirs else None,
+                   "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
+            if device == "cpu" and batch == 1:
+                per_token = statistics.median(ours) / args.new_tokens
+                row["of bandwidth"] = f"{weight_bytes_per_token(config, np.dtype(args.dtype).itemsize) / per_token / bandwidth:.0%}"
+            rows.append(row)
+            print(row, flush=True)
+    title = (f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, "
+             f"{args.threads} thread(s); median (min-max) of {args.repeats} interleaved runs; "
+             f"ratio = transformers time / picogpt time")
+    if bandwidth:
+        title += (f"\nmemory read bandwidth (sum of a 1 GB array, same threads): {bandwidth / 1e9:.1f} GB/s; "
+                  f"weights read per batch-1 token: {weight_bytes_per_token(config, np.dtype(args.dtype).itemsize) / 1e6:.0f} MB")
+    report(title, rows, args.json)
 
 
 if __name__ == "__main__":
