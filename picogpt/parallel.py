@@ -36,7 +36,6 @@ collectives do nothing.
 
 import contextlib
 import hashlib
-import json
 import os
 import sys
 import traceback
@@ -117,24 +116,27 @@ class World:
     def use_gpu(self):
         """One GPU per rank, chosen by the local rank; NCCL between them when it loads.
 
-        Without NCCL (no libnccl, or a single GPU simulated for tests) the collectives stage
-        GPU arrays through the host. Returns a sentence saying which was chosen.
+        With more ranks on a machine than it has GPUs, ranks share them round-robin (slower, but
+        it runs: how the tests run several ranks on one simulated device). NCCL refuses two
+        ranks on one GPU, and every rank must choose the same transport, so the ranks agree
+        first: NCCL only if it loads on every rank and no GPU is shared; otherwise the
+        collectives stage GPU arrays through the host. Returns a sentence saying which.
         """
         cupy = xp_for("gpu")
         self.gpu = True
         n = cupy.cuda.runtime.getDeviceCount()
-        if self.local_rank >= n:
-            raise PicoGPTError(f"rank {self.rank} is process {self.local_rank + 1} on its machine, which has only {n} "
-                               f"GPU(s): start at most {n} ranks per machine (one GPU each).")
-        device = getattr(cupy.cuda, "Device", None)
+        self.device_id = self.local_rank % n
+        device = getattr(cupy.cuda, "Device", None)   # (the simulated device has none to choose)
         if device is not None:
-            device(self.local_rank).use()
+            device(self.device_id).use()
         if self.size > 1:
-            self._nccl_lib = nccl = _nccl_module()
-            if nccl is not None:
+            nccl = _nccl_module()
+            if self.comm.allreduce(int(nccl is not None and self.local_rank < n), op=self.mpi.MIN):
+                self._nccl_lib = nccl
                 uid = nccl.get_unique_id() if self.is_root else None
                 self.nccl = nccl.NcclCommunicator(self.size, self.comm.bcast(uid, root=0), self.rank)
-        return f"rank {self.rank}: GPU {self.local_rank}, gradients by {self.transport}"
+        shared = " (shared: more ranks than GPUs on this machine)" if self.local_rank >= n else ""
+        return f"rank {self.rank}: GPU {self.device_id}{shared}, gradients by {self.transport}"
 
     # --- collectives -----------------------------------------------------------------------
     def allreduce(self, buf):
@@ -265,8 +267,8 @@ def _differences(name, a, b):
     return [] if a == b else [(name, a, b)]
 
 
-def data_fingerprint(path, edge=1 << 20):
-    """A short hash of a data file or folder: each file's name, size and first and last MiB.
+def data_fingerprint(path, edge=1 << 16):
+    """A short hash of a data file or folder: each file's name, size and first and last 64 KiB.
 
     Cheap on any size of data (it does not read the middle), yet different for any other
     corpus, split or shard layout, and for a file still being written.
@@ -292,11 +294,6 @@ def source_fingerprint():
     for f in sorted(root.rglob("*.py")):
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return f"{__version__}+{h.hexdigest()[:12]}"
-
-
-def config_fingerprint(config):
-    """A dict as JSON-able values, for check_agreement (paths and numbers, compared by key)."""
-    return json.loads(json.dumps(config, default=str))
 
 
 # --- one flat buffer ------------------------------------------------------------------------
@@ -482,13 +479,19 @@ class ZeroAdamW:
         self.t = int(scalars["t"])
 
 
-def clip_part(part, world, max_norm):
-    """clip_grad_norm for a gradient sharded over the ranks: the global norm is the square root
-    of the sum over ranks of each slice's sum of squares. Scales `part` in place; returns the norm."""
-    norm = float(np.sqrt(world.sum([float((part * part).sum())])[0]))
+def clip_flat(grad, max_norm, world=None):
+    """clip_grad_norm on the flat gradient buffer, in place; returns the norm before clipping.
+
+    With `world`, `grad` is this rank's slice (ZeRO-1) and the global norm is the square root of
+    the sum over ranks of each slice's sum of squares. One sum over a flat 1-D buffer is also the
+    accurate one: NumPy sums a contiguous 1-D array pairwise, while summing a (V, C) matrix runs
+    down its V rows one by one in float32, which can be off in the 6th digit.
+    """
+    squares = float((grad * grad).sum())
+    norm = float(np.sqrt(world.sum([squares])[0] if world is not None else squares))
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:
-        part *= scale
+        grad *= scale
     return norm
 
 
