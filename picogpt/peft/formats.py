@@ -156,7 +156,8 @@ def _put(model, tensors, folder):
     for k, a in tensors.items():
         if not np.isfinite(a).all():
             raise PicoGPTError(f"{folder}: {k!r} contains NaN or infinite values.")
-    model.params.update({k: model.xp.asarray(a.astype(model.dtype)) for k, a in tensors.items()})
+    # C order: a transposed view would give the matmuls another memory layout (and other roundings)
+    model.params.update({k: model.xp.asarray(np.ascontiguousarray(a, dtype=model.dtype)) for k, a in tensors.items()})
 
 
 def _refuse_other_shape(folder, made_for, c):
