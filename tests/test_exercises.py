@@ -307,6 +307,7 @@ RESULTS = {
     "softmax": "x - max(x)",
     "repetition_penalty": "logits * penalty, logits / penalty",
     "adapter_backward": "dh = dout + dz @ Wd^T",
+    "distill_kl_backward": "T * (softmax(student / T) - softmax(teacher / T)) / N",
 }
 
 
