@@ -156,7 +156,7 @@ def run(args):
     tok = get_tokenizer(model)   # the model folder's tokenizer.json, or GPT-2's
     check_language_model(model, args.model)   # a classifier folder writes no text
     all_ids = tok.encode(args.prompt)
-    prompt_ids = fit_context([all_ids], args.max_new_tokens, model.config.n_ctx, args.overflow)[0]
+    prompt_ids = fit_context([all_ids], args.max_new_tokens, model.context, args.overflow)[0]
     model.check_ids(prompt_ids)  # before anything is printed
     prompt = args.prompt if len(prompt_ids) == len(all_ids) else tok.decode(prompt_ids)  # truncated?
     B = min(args.batch_size, args.num_samples)

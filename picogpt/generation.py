@@ -114,7 +114,7 @@ class Rows:
             seq[r, self.pad[r]:P] = p
         self.seq = self.xp.asarray(seq)
         self.prompt_len = self.length = P
-        self.window = min(model.config.n_ctx, P + max_new_tokens)
+        self.window = min(model.context, P + max_new_tokens)
         self.kv = None
 
     @property
@@ -211,7 +211,7 @@ def generate(model, ids, max_new_tokens=32, temperature=0.0, top_k=None, top_p=N
     if not prompts or min(len(p) for p in prompts) == 0:
         raise PicoGPTError("a prompt is empty: give at least one token to continue.")
     config = model.config
-    prompts = fit_context(prompts, max_new_tokens, config.n_ctx, overflow)
+    prompts = fit_context(prompts, max_new_tokens, model.context, overflow)   # a prefix takes P positions
     for p in prompts:
         model.check_ids(p)  # one clear sentence for an id outside the vocabulary
     has_eot = eot_token is not None and 0 <= eot_token < config.vocab_size

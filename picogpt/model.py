@@ -466,6 +466,11 @@ class GPT2:
     def dtype(self):
         return self.params["wte.weight"].dtype
 
+    @property
+    def context(self):
+        """Positions left for tokens: n_ctx, less a prefix's P (it holds the first positions)."""
+        return self.config.n_ctx - PX.prefix_length(self.params)
+
     def num_params(self):
         return sum(int(a.size) for a in self.params.values())
 

@@ -180,6 +180,17 @@ def test_prefix_generation_with_prompts_of_different_lengths_matches_one_at_a_ti
         assert list(row) == list(alone)
 
 
+def test_a_prefix_takes_its_positions_from_the_context():
+    model = picogpt.load_adapters(tiny(), PEFT_PREFIX)      # n_ctx 64, P 3
+    assert model.context == 61
+    with pytest.raises(PicoGPTError, match="exceeds the model's context of 61 tokens"):
+        model.generate([list(range(1, 56))], max_new_tokens=10)
+    with pytest.raises(PicoGPTError, match="exceed the model's context"):
+        model.forward([list(range(1, 63))])
+    slid = model.generate([list(range(1, 56))], max_new_tokens=10, overflow="slide")   # past the context
+    assert len(slid[0]) == 65
+
+
 # --- bottleneck adapters ---------------------------------------------------------------------------
 
 def adapter_model(ref, device="cpu"):
