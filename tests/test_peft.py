@@ -320,6 +320,26 @@ def test_bottleneck_adapters_for_another_shape_and_two_methods_at_once_are_refus
         picogpt.save_adapters(both, tmp_path / "both")
 
 
+def test_rslora_scales_by_alpha_over_the_root_of_the_rank(ref, tmp_path):
+    folder = shutil.copytree(PEFT_LORA, tmp_path / "rs")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    assert picogpt.load_adapters(tiny(), folder).lora_scale == 8 / 4 ** 0.5    # alpha 8, r 4
+
+
+def test_each_method_can_be_removed_leaving_the_base_model():
+    ids = np.arange(1, 11)[None]
+    base = host(tiny().forward(ids))
+    for attach, remove in ((lambda m: LO.add_lora(m, 2), LO.remove_lora), (lambda m: PX.add_prefix(m, 2), PX.remove_prefix),
+                           (lambda m: AD.add_adapters(m, 2), AD.remove_adapters)):
+        model = tiny()
+        names = attach(model)
+        assert sorted(remove(model)) == sorted(names) and attached(model) == []
+        np.testing.assert_array_equal(host(model.forward(ids)), base)
+        with pytest.raises(PicoGPTError, match="no .* to remove"):
+            remove(model)
+
+
 @pytest.mark.parametrize("change, words", [
     ({"peft_type": "IA3"}, "not 'IA3'"),
     ({"use_dora": True}, "no use_dora"),

@@ -93,3 +93,13 @@ def add_adapters(model, size, kind="houlsby", seed=0):
             model.params[p + "up.weight"], model.params[p + "up.bias"] = small((size, C)), xp.zeros(C, dtype)
             names += [p + part for part in PARTS]
     return names
+
+
+def remove_adapters(model):
+    """Drop the bottleneck adapters from `model`, in place; returns the names removed."""
+    names = adapter_names(model.params)
+    if not names:
+        raise PicoGPTError("this model has no bottleneck adapters to remove.")
+    for k in names:
+        del model.params[k]
+    return names
