@@ -291,7 +291,7 @@ class Trainer:
         if cfg.init == "scratch":
             config = get_config(cfg.model, **sizes, vocab_size=tok.n_vocab)
             if cfg.block_size:
-                config = config.replace(n_ctx=cfg.block_size)
+                config = config.replace(n_ctx=cfg.block_size + cfg.prefix_tokens)   # a prefix takes P positions
             model = init_model(config, device=self.device, dtype=self._master_dtype(), seed=cfg.seed)
         else:
             if sizes:
