@@ -81,7 +81,9 @@ def merge_lora(model):
 
 
 def save_adapters(model, path):
-    """Write only the adapters (and rank, alpha, targets) to a .safetensors file."""
+    """Write only the adapters (and rank, alpha, targets) to one .safetensors file, picogpt's own
+    format. For peft's folder (adapter_config.json + adapter_model.safetensors), which peft and
+    picogpt both read, use picogpt.save_adapters(model, folder)."""
     names = lora_names(model.params)
     if not names:
         raise PicoGPTError("this model has no LoRA adapters to save.")
