@@ -68,6 +68,13 @@ def test_a_peft_lora_folder_gives_pefts_logits(ref, device):
     assert rel_err(LO.merge_lora(model).forward(ref["ids"]), ref["lora_logits"]) <= 1e-4
 
 
+def test_a_peft_lora_folder_of_another_rank_alpha_and_targets_gives_pefts_logits(ref):
+    model = picogpt.load_adapters(tiny(), FIXTURES / "peft-lora-attn")   # r 2, alpha 5, c_attn of block 1
+    assert model.lora_scale == 2.5 and sorted(LO.lora_names(model.params)) == ["h.1.attn.c_attn.lora_A",
+                                                                                "h.1.attn.c_attn.lora_B"]
+    assert rel_err(model.forward(ref["ids"]), ref["lora_attn_logits"]) <= 1e-4
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_whole_model_gradients_with_lora_match_torch(ref, device):
     assert_grads_match(picogpt.load_adapters(tiny(device, "float64"), PEFT_LORA), ref, "lora")
