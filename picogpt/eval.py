@@ -8,6 +8,11 @@
                                                 endings, label): acc and acc_norm (picogpt.score)
     --task lambada --data FILE                  one passage per line: last-word accuracy and
                                                 perplexity, as the GPT-2 paper (picogpt.score)
+    --task classify --data FILE.jsonl|DIR       a classifier on {"text", "label"} records (or an
+                                                examples folder's val split): accuracy, macro-F1,
+                                                the confusion matrix
+    --task sft --data FILE.jsonl|DIR            loss per trained token of SFT records (or an
+                                                examples folder's val split), as training counts it
 
 A text longer than the context is scored in sliding windows: each window is `context` tokens
 long and starts `stride` tokens after the previous one, and only the tokens not scored by an
@@ -28,13 +33,14 @@ import numpy as np
 
 from . import metrics
 from . import score as scoring
+from . import sft
 from .cli import clock, run_command
 from .files import atomic_open
 from .generate import add_decoding_arguments, decoding_options
 from .generation import OVERFLOW_RULES, cut_at_stop, generate
+from .heads import check_language_model
 from .sampling import check_sampling_args
 from .sft import read_jsonl
-from .tokenizer import get_tokenizer
 from .memory import check_fits, inference_bytes
 from .data import split, tokenize_file
 from .errors import PicoGPTError
@@ -106,7 +112,8 @@ def main(argv=None):
     p.add_argument("--text", default=None, help="--task lm: a UTF-8 text file")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="generate: JSONL of {prompt, reference|references}; choice: JSONL of {ctx, endings, label}; "
-                        "lambada: one passage per line")
+                        "lambada: one passage per line; classify: JSONL of {text, label} or a folder from "
+                        "`picogpt.data --task classify` (its val split); sft: JSONL records or a --task sft folder")
     p.add_argument("--tail", type=float, default=None, metavar="F",
                    help="score only the last fraction F of the tokens, 0 < F <= 1 (0.05 = picogpt.data's validation split)")
     p.add_argument("--context", type=int, default=None,
@@ -223,8 +230,8 @@ def _generate_command(args):
         raise PicoGPTError("--task generate scores one prediction per record: leave --num-return-sequences at 1.")
     out = Path(args.out) if args.out else path.with_name(path.name.rsplit(".", 1)[0] + ".predictions.jsonl")
     pairs = read_pairs(path)
-    tok = get_tokenizer()
     model = load_model(args.model, device=args.device)
+    tok = get_tokenizer(model)
     t0 = time.perf_counter()
     predictions = generate_predictions(model, tok, [p for p, _ in pairs], args.max_new_tokens, args.batch_size,
                                        _progress("generate"), **options)
@@ -241,7 +248,8 @@ def _generate_command(args):
 def _choice_command(args):
     path = _data(args)
     records = [obj for _, obj in read_jsonl(path)]
-    tok, model = get_tokenizer(), load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
+    tok = get_tokenizer(model)
     t0 = time.perf_counter()
     r = scoring.choice_accuracy(model, tok, records, args.batch_size, _progress("score"))
     print(f"{path}: {r['n']} questions, model {args.model or 'shakespeare (bundled)'}, {time.perf_counter() - t0:.1f} s")
@@ -256,7 +264,8 @@ def _lambada_command(args):
         raise PicoGPTError(f"no file at {path}: give a text with one passage per line.") from None
     except UnicodeDecodeError as e:
         raise PicoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-    tok, model = get_tokenizer(), load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
+    tok = get_tokenizer(model)
     t0 = time.perf_counter()
     r = scoring.lambada(model, tok, lines, args.batch_size, _progress("score"))
     print(f"{path}: {r['n']} passages ({r['tokens']} last-word tokens), model {args.model or 'shakespeare (bundled)'}, "
@@ -264,7 +273,80 @@ def _lambada_command(args):
     print(f"last-word accuracy {r['acc']:.4f}  perplexity {r['ppl']:.2f}")
 
 
-TASKS = {"lm": _lm_command, "generate": _generate_command, "choice": _choice_command, "lambada": _lambada_command}
+# --- --task classify, sft: examples (picogpt.sft's records or a folder of them) ----------------
+
+def _examples(args, task):
+    """(the path, what it is, Examples or None, records' file or None) of --data for `task`."""
+    path = _data(args)
+    if path.is_dir():
+        meta = sft.read_meta(path)
+        if meta.get("task") != task:
+            raise PicoGPTError(f"{path} holds {meta.get('task') or 'plain text'} data, not {task} examples: prepare "
+                               f"it with `python -m picogpt.data --task {task}`, or give a JSONL file.")
+        return path, f"{path} (validation split)", sft.load_examples(path, "val")
+    return path, str(path), None
+
+
+def _classify_command(args):
+    """Accuracy, macro-F1 and the confusion matrix of a classifier on labelled examples."""
+    path, what, examples = _examples(args, "classify")
+    model = load_model(args.model, device=args.device)
+    if not model.config.labels:
+        raise PicoGPTError(f"{args.model or 'the bundled model'} is a language model, not a classifier: fine-tune one "
+                           "with `python -m picogpt.train --data DIR` on `--task classify` data.")
+    labels = list(model.config.labels)
+    if examples is None:
+        texts, truth, _ = sft.read_classify_jsonl(path, labels)   # an unknown label names its line
+        rows = texts
+    else:
+        names = examples.meta.get("label_names") or []
+        unknown = sorted(set(names) - set(labels))
+        if unknown:
+            raise PicoGPTError(f"{path}'s labels include {unknown[0]!r}, which the model does not know "
+                               f"(its labels: {', '.join(labels)}).")
+        truth = [labels.index(names[y]) for y in examples.labels]
+        rows = [examples[i][0] for i in range(len(examples))]
+    t0 = time.perf_counter()
+    logits = model.classify(rows, batch_size=args.batch_size)
+    pred = [int(k) for k in logits.argmax(axis=-1)]
+    truth_names, pred_names = [labels[k] for k in truth], [labels[k] for k in pred]
+    counts = metrics.confusion_matrix(truth_names, pred_names, labels)
+    print(f"{what}: {len(rows)} examples, model {args.model or 'shakespeare (bundled)'}, "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(f"accuracy {metrics.accuracy(truth_names, pred_names):.4f}  "
+          f"macro-F1 {metrics.f1(truth_names, pred_names, labels):.4f}")
+    width = max(len(n) for n in labels + ["truth"]) + 2
+    print("confusion matrix (rows: truth, columns: predicted)")
+    print(" " * width + "".join(f"{n:>{width}}" for n in labels))
+    for name, row in zip(labels, counts):
+        print(f"{name:<{width}}" + "".join(f"{int(c):>{width}}" for c in row))
+
+
+def _sft_command(args):
+    """Mean loss per trained token (the replies and their <|endoftext|>) of SFT examples."""
+    path, what, examples = _examples(args, "sft")
+    model = load_model(args.model, device=args.device)
+    check_language_model(model, args.model)
+    if examples is None:
+        tok = get_tokenizer(model)
+        pairs = [sft.encode_record(turns, tok) for turns in sft.read_sft_jsonl(path)]
+        examples = sft.Examples(np.concatenate([p[0] for p in pairs]),
+                                np.cumsum([0] + [len(p[0]) for p in pairs]), np.concatenate([p[1] for p in pairs]))
+    batches = sft.ExampleBatches(examples, args.batch_size, model.config.n_ctx)
+    t0, total, count = time.perf_counter(), 0.0, 0
+    progress = _progress("score")
+    for i in range(len(batches)):
+        x, y = batches.next()
+        n = int((y != sft.IGNORE_INDEX).sum())
+        total, count = total + model.loss(x, y) * n, count + n
+        progress(i + 1, len(batches))
+    print(f"{what}: {len(examples)} examples ({batches.truncated} cut to the context of {model.config.n_ctx}), "
+          f"model {args.model or 'shakespeare (bundled)'}, {time.perf_counter() - t0:.1f} s")
+    print(f"loss {total / count:.4f} nats per trained token ({count:,} tokens), perplexity {math.exp(total / count):.2f}")
+
+
+TASKS = {"lm": _lm_command, "generate": _generate_command, "choice": _choice_command, "lambada": _lambada_command,
+         "classify": _classify_command, "sft": _sft_command}
 
 
 if __name__ == "__main__":
