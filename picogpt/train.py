@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import adaptive
 from . import amp
 from . import data as D
 from . import distill
@@ -57,6 +58,7 @@ from .config import get_config
 from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
 from .memory import check_fits, training_bytes
+from .model import GPT2
 from .optim import AdamW, clip_grad_norm, lr_at
 from .peft import methods as peft_methods
 from .peft.formats import save_adapters
@@ -115,6 +117,7 @@ class TrainConfig:
     distill_alpha: float = 0.5      # weight of the teacher's KL; 1 - alpha: the text's cross-entropy
     loss_scale: float = 65536.0     # --dtype float16: the initial loss scale
     loss_scale_window: int = 1000   # --dtype float16: clean steps before the scale doubles
+    adaptive_softmax_cutoffs: str | None = None   # "2000,10000": adaptive softmax output layer (scratch only)
 
     def check(self):
         """Refuse, in one sentence naming the flag, a setting that cannot train as the user means."""
@@ -182,7 +185,7 @@ def task_of(data):
 # The fields a resumed run must share with the checkpoint it continues.
 _MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "block_size", "lora_rank", "lora_alpha", "seed", "dtype",
                "prefix_tokens", "prefix_hidden", "adapter_size", "adapter_kind", "bitfit",
-               "teacher", "distill_temperature", "distill_alpha")
+               "teacher", "distill_temperature", "distill_alpha", "adaptive_softmax_cutoffs")
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -243,6 +246,10 @@ class Trainer:
         if self.teacher is not None and self.task == "classify":
             raise PicoGPTError("--teacher distils a language model; a classifier cannot use it.")
         self.scaler = amp.LossScaler(cfg.loss_scale, cfg.loss_scale_window) if cfg.dtype == "float16" else None
+        self.adaptive = bool(cfg.adaptive_softmax_cutoffs)
+        if self.adaptive and (self.task != "lm" or self.teacher or self.scaler or self.trainable != list(self.model.params)):
+            raise PicoGPTError("--adaptive-softmax-cutoffs trains a language model from scratch on text, alone: not with "
+                               "examples, a teacher, float16 or a parameter-efficient method.")
         self.step_num = 0
         self.best_val = None
         self.best_step, self.since_best = None, 0   # early stopping: evaluations since the best
@@ -293,7 +300,14 @@ class Trainer:
             if cfg.block_size:
                 config = config.replace(n_ctx=cfg.block_size + cfg.prefix_tokens)   # a prefix takes P positions
             model = init_model(config, device=self.device, dtype=self._master_dtype(), seed=cfg.seed)
+            if cfg.adaptive_softmax_cutoffs:   # adaptive.py: its own output layer instead of the tied head
+                cut = adaptive.parse_cutoffs(cfg.adaptive_softmax_cutoffs, config.vocab_size)
+                model.params.update(adaptive.init_params(config.n_embd, cut, config.vocab_size, model.xp, model.dtype,
+                                                         cfg.seed))
         else:
+            if cfg.adaptive_softmax_cutoffs:
+                raise PicoGPTError("--adaptive-softmax-cutoffs is for models trained from scratch (--init scratch): a "
+                                   "pretrained GPT-2's output layer is the full softmax tied to its embedding.")
             if sizes:
                 raise PicoGPTError("--n-layer/--n-head/--n-embd/--bias/--gelu apply to --init scratch only; a pretrained "
                                    "model keeps its sizes.")
@@ -352,6 +366,9 @@ class Trainer:
                 x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
             else:
                 x, y = self.batches.next()
+            if self.adaptive:              # the adaptive softmax as the output layer (adaptive.py)
+                x_, y_ = model._ids_and_targets(x, y, -100)
+                return (*adaptive.loss_and_grads(model.params, model.config, x_, y_, drop_rng, wanted), x.size)
             if self.teacher is not None:   # distillation (distill.py)
                 x_, y_ = model._ids_and_targets(x, y, -100)
                 return (*distill.loss_and_grads(model, self.teacher, x_, y_, cfg.distill_temperature, cfg.distill_alpha,
@@ -466,6 +483,10 @@ class Trainer:
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
         if self.task != "lm":
             return self._evaluate_examples(split)
+        if self.adaptive:
+            xp = self.model.xp
+            return float(np.mean([adaptive.loss(self.model.params, self.model.config, xp.asarray(x), xp.asarray(y))
+                                  for x, y in self.eval_batches(split)]))
         return float(np.mean([self.model.loss(x, y) for x, y in self.eval_batches(split)]))
 
     def eval_batches(self, split):
@@ -514,6 +535,10 @@ class Trainer:
             save_model(lora_mod.merge_lora(self.model), self.out, tokenizer=self.model.tokenizer)
         elif cfg.prefix_tokens or cfg.adapter_size:
             save_model(peft_methods.base_model(self.model), self.out, tokenizer=self.model.tokenizer)
+        elif self.adaptive:   # the GPT-2 weights as usual, the output layer beside them
+            save_model(GPT2(self.model.config, adaptive.split(self.model.params)[0]), self.out,
+                       tokenizer=self.model.tokenizer)
+            adaptive.save(self.model.params, self.out)
         else:
             save_model(self.model, self.out)
         if self.masks is not None:   # so that training from this folder keeps them too
@@ -732,6 +757,9 @@ _FLAGS = {
     "distill_alpha": (float, "distillation: loss = A T^2 KL(teacher || student) + (1 - A) CE, 0 <= A <= 1 (default 0.5)"),
     "loss_scale": (float, "--dtype float16: the initial loss scale (default 65536)"),
     "loss_scale_window": (int, "--dtype float16: double the loss scale after this many clean steps (default 1000)"),
+    "adaptive_softmax_cutoffs": (str, "an adaptive softmax output layer (Grave et al. 2017) with these increasing "
+                                      "cutoffs, e.g. 2000,10000, instead of GPT-2's tied full softmax (--init scratch; "
+                                      "saved beside the model as adaptive_softmax.safetensors)"),
     "patience": (int, "early stopping: stop after N evaluations without a lower validation loss; OUT/model.safetensors "
                       "is then the best model, the checkpoint the last step (default off)"),
 }

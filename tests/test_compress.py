@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from helpers import FIXTURES, TINY, assert_clean_error, host, quiet, rel_err, run_module, write_text
 
 import picogpt
+from picogpt import adaptive as AS
 from picogpt import amp
 from picogpt import distill as DI
 from picogpt import prune as P
+from picogpt.backend import xp_for
 from picogpt.config import GPT2Config
 from picogpt.errors import PicoGPTError
 from picogpt.gates import gate_name, head_gate_backward, head_gate_forward
@@ -324,3 +326,74 @@ def test_loss_scaler_grows_and_halves():
     s = amp.LossScaler(8.0, window=2)
     assert [s.update(True), s.update(True), s.update(False), s.update(True)] == [None, "grow", "overflow", None]
     assert s.scale == 8.0 and s.clean == 1
+
+
+# --- adaptive softmax ------------------------------------------------------------------------------
+
+def adaptive_inputs(seed, N, C, cutoffs, V):
+    params = AS.init_params(C, cutoffs, V, np, np.float64, seed)
+    head, tails, _ = AS._parts(params)
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, C)), [head * 30] + [a * 30 for pair in tails for a in pair]
+
+
+@given(N=st.integers(1, 6), C=st.integers(4, 9), sizes=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+       ignore=st.booleans(), seed=seeds)
+def test_adaptive_softmax_backward_gradchecks(N, C, sizes, ignore, seed):
+    cutoffs = list(np.cumsum(sizes[:-1]))
+    V = int(sum(sizes))
+    x, mats = adaptive_inputs(seed, N, C, [int(c) for c in cutoffs], V)
+    targets = np.random.default_rng(seed + 1).integers(0, V, N)
+    if ignore:
+        targets[0] = -100
+
+    def forward(x, head, *tails):
+        return AS.adaptive_forward(x, targets, head, list(zip(tails[::2], tails[1::2])), [int(c) for c in cutoffs])
+
+    def backward(d, cache):
+        dx, dhead, dtails = AS.adaptive_backward(d, cache)
+        return (dx, dhead, *[g for pair in dtails for g in pair])
+    result = check_op(forward, backward, [x, *mats])
+    assert result.ok, result.report()
+
+
+def test_adaptive_softmax_is_a_distribution_over_the_whole_vocabulary():
+    x, mats = adaptive_inputs(0, 1, 8, [3, 7], 12)
+    head, tails = mats[0], list(zip(mats[1::2], mats[2::2]))
+    p = [float(np.exp(-AS.adaptive_forward(x, np.array([v]), head, tails, [3, 7])[0])) for v in range(12)]
+    assert abs(sum(p) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_adaptive_softmax_loss_and_gradients_match_torch(ref, device):
+    xp = xp_for(device)
+    params = {k.split(":", 1)[1]: xp.asarray(ref[k]) for k in ref if k.startswith("adaptive_param:")}
+    assert AS.cutoffs_of(params) == [6, 15]
+    head, tails, cutoffs = AS._parts(params)
+    loss, cache = AS.adaptive_forward(xp.asarray(ref["adaptive_x"]), xp.asarray(ref["adaptive_targets"]), head, tails,
+                                      cutoffs)
+    assert abs(float(loss) - float(ref["adaptive_loss"])) <= 1e-12
+    dx, dhead, dtails = AS.adaptive_backward(1.0, cache)
+    got = {"x": dx, AS.HEAD: dhead, **{n: g for i, pair in enumerate(dtails) for n, g in zip(AS.tail_names(i), pair)}}
+    for k, g in got.items():
+        assert rel_err(g, ref[f"adaptive_grad:{k}"]) <= 1e-10, k
+
+
+@pytest.mark.slow
+def test_training_with_an_adaptive_softmax_learns_and_saves_it_beside_the_model(four_heads, tmp_path):
+    t = trainer(four_heads, tmp_path / "a", init="scratch", model="gpt2-micro", adaptive_softmax_cutoffs="500,5000",
+                lr=3e-3, steps=6, eval_interval=6)
+    losses = [t.step()["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0]
+    t.save_checkpoint()
+    assert AS.cutoffs_of(picogpt.safetensors.load(tmp_path / "a" / AS.FILE)) == [500, 5000]
+    assert picogpt.load_model(tmp_path / "a").num_params() == t.model.config.num_params()
+
+
+@pytest.mark.parametrize("cutoffs", ["2000,1000", "100,60000", "0,10", "a,b"])
+def test_bad_adaptive_cutoffs_are_one_sentence(four_heads, tmp_path, capsys, cutoffs):
+    from picogpt.train import main
+    assert main(["--data", str(four_heads / "text.txt"), "--adaptive-softmax-cutoffs", cutoffs, "--model", "gpt2-micro",
+                 "--steps", "1", "--block-size", "16", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "cutoffs" in err, err
