@@ -34,6 +34,7 @@ from . import sft
 from .cli import run_command
 from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
+from .shards import load_shards, prepare_shards
 from .tokenizer import get_tokenizer
 from .tokenizers import MAX_VOCAB, make_tokenizer, read_tokenizer, stderr_log, write_tokenizer
 from .tokenizers import kind as tokenizer_kind
@@ -138,6 +139,12 @@ def load_dataset(data, val_fraction=None):
             raise PicoGPTError(f"--val-fraction applies to a text file, but {data} is a prepared folder whose split "
                                "was fixed by `python -m picogpt.data ... --val-fraction F`: drop --val-fraction "
                                "or prepare the folder again.")
+        if load_shards(path, "train") is not None:  # a sharded corpus (picogpt/shards.py)
+            val = load_shards(path, "val")
+            if val is None:
+                raise PicoGPTError(f"{data} has train shards but no val_000000.bin: prepare it again with "
+                                   "`python -m picogpt.data FILES_OR_FOLDERS --out DIR`.")
+            return load_shards(path, "train"), val
         return load_split(path, "train"), load_split(path, "val")
     if path.is_file():
         return split(tokenize_file(path), DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction)
@@ -151,9 +158,11 @@ def check_length(ids, block_size, name="train"):
                            "use a longer text or a smaller --block-size.")
 
 
-def get_batch(ids, batch_size, block_size, rng):
-    """Random windows: x (B, T) and y (B, T) = x shifted one token left, as int64 NumPy arrays."""
-    starts = rng.integers(0, len(ids) - block_size, size=batch_size)
+def get_batch(ids, batch_size, block_size, rng, rows=slice(None)):
+    """Random windows: x (B, T) and y (B, T) = x shifted one token left, as int64 NumPy arrays.
+
+    rows: which rows of the batch to build (a rank's share): all B starts are drawn, these read."""
+    starts = rng.integers(0, len(ids) - block_size, size=batch_size)[rows]
     x = np.stack([ids[s:s + block_size] for s in starts]).astype(np.int64)
     y = np.stack([ids[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64)
     return x, y
@@ -219,7 +228,8 @@ def main(argv=None):
                                 description="Tokenise a UTF-8 text file with GPT-2's BPE into train.bin / val.bin (uint16).",
                                 epilog="example:\n  python -m picogpt.data examples/shakespeare.txt --out data/shakespeare",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("text", help="a UTF-8 text file")
+    p.add_argument("text", nargs="+", help="a UTF-8 text file; or several .txt / .jsonl files or folders of them, "
+                                           "tokenised in parallel into shards (picogpt/shards.py)")
     p.add_argument("--out", default=None, help="output folder (default: data/<file name without suffix>)")
     p.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help=f"the last fraction kept for validation (default {DEFAULT_VAL_FRACTION})")
@@ -235,10 +245,15 @@ def main(argv=None):
     p.add_argument("--show", type=int, default=None, metavar="N",
                    help="sft/classify: print the first N records as the model sees them (trained tokens in [[ ]]) "
                         "and write nothing")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="shards: tokens per shard (default 100M)")
+    p.add_argument("--workers", type=int, default=None, help="shards: tokenising processes (default: one per core)")
     return run_command(_prepare_command, p.parse_args(argv))
 
 
 def _prepare_command(args):
+    sources, args.text = args.text, args.text[0]
+    if len(sources) > 1 or Path(args.text).is_dir() or (args.task == "lm" and Path(args.text).suffix == ".jsonl"):
+        return _shards_command(args, sources)
     if args.tokenizer != "gpt2" and args.task != "lm":
         raise PicoGPTError("--tokenizer char or bpe:N makes a tokenizer from a text (--task lm); examples for "
                            "fine-tuning use GPT-2's.")
@@ -251,6 +266,16 @@ def _prepare_command(args):
     meta = prepare(args.text, out, args.val_fraction, args.tokenizer, stderr_log)
     print(f"{meta['tokens']:,} {meta['tokenizer']} tokens (vocabulary {meta['vocab_size']:,}) -> {out}/train.bin "
           f"({meta['train_tokens']:,}) and val.bin ({meta['val_tokens']:,})")
+
+
+def _shards_command(args, sources):
+    if args.task != "lm" or args.tokenizer != "gpt2" or args.val is not None or args.show is not None:
+        raise PicoGPTError("several files, a folder or a .jsonl corpus become GPT-2 token shards: --task, --tokenizer, "
+                           "--val and --show apply to one file.")
+    out = args.out or str(Path("data") / Path(args.text).stem)
+    meta = prepare_shards(sources, out, args.val_fraction, args.shard_tokens, args.workers)
+    print(f"{meta['tokens']:,} tokens -> {out}/: {meta['train_shards']} train shard(s) ({meta['train_tokens']:,} tokens) "
+          f"and {meta['val_shards']} val shard(s) ({meta['val_tokens']:,})")
 
 
 def _examples_command(args):

@@ -377,7 +377,12 @@ class GradientSum:
         self.loss, self.count, self.empty = 0.0, 0, True
 
     def add(self, grads, loss, count):
-        """Add one micro-batch: its mean loss and mean gradients over `count` target tokens."""
+        """Add one micro-batch: its mean loss and mean gradients over `count` target tokens
+        (grads None: its loss only, as for a float16 step that overflowed and will be skipped)."""
+        self.loss += float(loss) * count
+        self.count += int(count)
+        if grads is None:
+            return
         xp = get_array_module(self.buf)
         for k, view in self.views.items():
             if self.empty:
@@ -385,8 +390,6 @@ class GradientSum:
             else:
                 view += grads[k] * count
         self.empty = False
-        self.loss += float(loss) * count
-        self.count += int(count)
 
     def reduce(self, world, scatter=False):
         """(mean loss, global token count, gradient): the gradient is the whole flat buffer

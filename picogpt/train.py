@@ -33,6 +33,7 @@ the mean over the steps since the previous line; log.jsonl has each step's own.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -49,17 +50,18 @@ from . import distill
 from . import heads as H
 from . import layers as L
 from . import lora as lora_mod
+from . import parallel as P
 from . import prune
 from . import safetensors
 from . import sft
-from .backend import asnumpy, make_rng, resolve_device, set_tf32, synchronize
+from .backend import asnumpy, resolve_device, set_tf32, synchronize
 from .cli import clock, run_command
 from .config import get_config
 from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
 from .memory import check_fits, training_bytes
 from .model import GPT2
-from .optim import AdamW, clip_grad_norm, lr_at
+from .optim import AdamW, lr_at
 from .peft import methods as peft_methods
 from .peft.formats import save_adapters
 from .tokenizers import describe, get_tokenizer
@@ -108,6 +110,7 @@ class TrainConfig:
     bitfit: bool = False            # train only the biases
     val_fraction: float | None = None  # text files only (default 0.05); a prepared folder has its split
     resume: bool = False
+    zero: int = 0                   # ZeRO stage over the ranks (mpiexec): 0, or 1 = AdamW's moments sharded
     epochs: int | None = None       # passes over the training data; when given, sets `steps`
     patience: int | None = None     # early stopping: evaluations without a lower val loss (None = off)
     # --- compression (prune.py, distill.py, amp.py) ---
@@ -168,6 +171,8 @@ class TrainConfig:
         if self.patience is not None and self.patience < 1:
             raise PicoGPTError(f"--patience must be >= 1 evaluation without a lower validation loss, got "
                                f"{self.patience} (leave it out to train all the steps).")
+        if self.zero not in (0, 1):
+            raise PicoGPTError(f"--zero must be 0 or 1 (stage 1 shards AdamW's moments over the ranks), got {self.zero}.")
         return self
 
 
@@ -191,14 +196,27 @@ _MUST_MATCH = ("model", "n_layer", "n_head", "n_embd", "bias", "gelu", "init", "
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
-class Trainer:
-    """Holds the model, the optimizer and the data; `run()` trains, `step()` does one step."""
+def _silent(*_args, **_kwargs):
+    """The log of every rank but rank 0."""
 
-    def __init__(self, cfg, log=print):
+
+class Trainer:
+    """Holds the model, the optimizer and the data; `run()` trains, `step()` does one step.
+
+    world (picogpt.parallel.World; default: this process alone): with N ranks, every batch is the
+    global batch of N x batch_size rows and this rank computes its share (`self.rows`); the
+    gradients are averaged over all of them (picogpt/parallel.py). Rank 0 alone logs and writes.
+    """
+
+    def __init__(self, cfg, log=print, world=None):
         self.cfg = cfg.check()
-        self.log = log
+        self.world = world or P.World()
+        self.log = log if self.world.is_root else _silent
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
+        if self.device == "gpu" and self.world.size > 1:
+            self.log(self.world.use_gpu())  # one GPU per rank, before any array is made
+        self.rows = slice(self.world.rank * cfg.batch_size, (self.world.rank + 1) * cfg.batch_size)
         if cfg.tf32:
             set_tf32(True)
         if not cfg.resume:
@@ -208,6 +226,9 @@ class Trainer:
             self.train_ids, self.val_ids = D.load_dataset(cfg.data, cfg.val_fraction)
         else:
             self._load_examples()
+        if self.world.size > 1:  # ranks that would compute different things refuse to start
+            P.check_agreement(self.world, {"training config": asdict(cfg), "data": P.data_fingerprint(cfg.data),
+                                           "picogpt source": P.source_fingerprint()})
         self.model = self._build_model()
         self.block_size = cfg.block_size or self.model.config.n_ctx - cfg.prefix_tokens   # a prefix takes P positions
         if self.block_size + cfg.prefix_tokens > self.model.config.n_ctx or self.block_size < 1:
@@ -217,7 +238,9 @@ class Trainer:
             D.check_length(self.train_ids, self.block_size, "train")
             D.check_length(self.val_ids, self.block_size, "validation")
         else:
-            self.batches = sft.ExampleBatches(self.examples["train"], cfg.batch_size, self.block_size, cfg.seed)
+            # global batches (ranks x batch_size examples); each rank takes self.rows of each
+            self.batches = sft.ExampleBatches(self.examples["train"], self.world.size * cfg.batch_size, self.block_size,
+                                              cfg.seed)
         V = self.model.config.vocab_size
         if int(self.train_ids.max()) >= V or int(self.val_ids.max()) >= V:
             raise PicoGPTError(f"the data holds GPT-2 token ids up to {int(max(self.train_ids.max(), self.val_ids.max()))}, "
@@ -239,7 +262,12 @@ class Trainer:
                                                  init_ids=self.train_ids[:cfg.prefix_tokens]) or list(self.model.params)
             if H.SCORE in self.model.params and H.SCORE not in self.trainable:   # a new head must learn too
                 self.trainable.append(H.SCORE)
-        self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        # every trainable gradient end to end in one buffer: one all-reduce per step (parallel.py)
+        self.layout = P.FlatLayout.of(self.model.params, self.trainable, self.world.size)
+        if cfg.zero:
+            self.opt = P.ZeroAdamW(self.world, self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+        else:
+            self.opt = AdamW(self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         # --- compression: masks kept, a teacher, float16 loss scaling (None when not used) ---
         self.masks = self._pruning_masks()
         self.teacher = distill.load_teacher(cfg.teacher, self.model, self.device) if cfg.teacher else None
@@ -354,36 +382,53 @@ class Trainer:
         """Steps that make `epochs` passes: over the examples, or over the train split's tokens."""
         cfg = self.cfg
         per_epoch = len(self.batches) if self.task != "lm" else \
-            -(-len(self.train_ids) // (cfg.batch_size * self.block_size))
+            -(-len(self.train_ids) // (self.world.size * cfg.batch_size * self.block_size))
         return max(1, -(-epochs * per_epoch // cfg.grad_accum))
 
-    def _loss_and_grads(self, batch_rng, wanted, drop_rng):
-        """One micro-batch's (loss, grads, tokens processed, padding included): random windows
-        (lm) or the next examples."""
+    def _loss_and_grads(self, batch_rng, wanted, micro):
+        """This rank's share of one micro-batch: (mean loss, grads (None: a float16 overflow), tokens
+        processed (padding included), targets scored), or (0, None, 0, 0) for an empty share (an
+        epoch's last batch). The micro-batch is random windows (lm) or the next examples, ranks x
+        batch_size rows of them, the same on every rank; this rank computes rows self.rows."""
         cfg, model = self.cfg, self.model
         if self.task in ("lm", "sft"):
             if self.task == "lm":
-                x, y = D.get_batch(self.train_ids, cfg.batch_size, self.block_size, batch_rng)
+                x, y = D.get_batch(self.train_ids, self.world.size * cfg.batch_size, self.block_size, batch_rng,
+                                   rows=self.rows)
             else:
-                x, y = self.batches.next()
+                x, y = (a[self.rows] for a in self.batches.next())
+                if not len(x):
+                    return 0.0, None, 0, 0
+            drop_rng, scored = self._dropout(micro, len(x)), int((y != sft.IGNORE_INDEX).sum())
             if self.adaptive:              # the adaptive softmax as the output layer (adaptive.py)
                 x_, y_ = model._ids_and_targets(x, y, -100)
-                return (*adaptive.loss_and_grads(model.params, model.config, x_, y_, drop_rng, wanted), x.size)
+                return (*adaptive.loss_and_grads(model.params, model.config, x_, y_, drop_rng, wanted), x.size, scored)
             if self.teacher is not None:   # distillation (distill.py)
                 x_, y_ = model._ids_and_targets(x, y, -100)
                 return (*distill.loss_and_grads(model, self.teacher, x_, y_, cfg.distill_temperature, cfg.distill_alpha,
-                                                drop_rng, wanted), x.size)
+                                                drop_rng, wanted), x.size, scored)
             if self.scaler is not None:    # float16 with loss scaling (amp.py); grads None = overflow
                 x_, y_ = model._ids_and_targets(x, y, -100)
                 return (*amp.loss_and_grads(model.params, model.config, x_, y_, self.scaler.scale, drop_rng,
-                                            model.lora_scale, wanted), x.size)
-            return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size)
-        x, lengths, labels = self.batches.next()
+                                            model.lora_scale, wanted), x.size, scored)
+            return (*model.loss_and_grads(x, y, wanted=wanted, rng=drop_rng), x.size, scored)
+        x, lengths, labels = (a[self.rows] for a in self.batches.next())
+        if not len(x):
+            return 0.0, None, 0, 0
         xp = model.xp
         loss, _, grads = H.classification_loss_and_grads(model.params, model.config, xp.asarray(x), labels,
-                                                         lengths=xp.asarray(lengths), rng=drop_rng,
+                                                         lengths=xp.asarray(lengths), rng=self._dropout(micro, len(x)),
                                                          lora_scale=model.lora_scale, wanted=wanted)
-        return float(loss), grads, x.size
+        return float(loss), grads, x.size, len(labels)
+
+    def _dropout(self, micro, rows):
+        """The dropout random streams of this rank's `rows` rows of micro-batch `micro`: one stream
+        per row of the step's global batch, so that a row's masks do not depend on the rank or the
+        micro-batch size it is computed in (None: no dropout)."""
+        if not self.cfg.dropout:
+            return None
+        rows = P.my_rows(self.world, self.cfg.batch_size, micro)[:rows]
+        return P.RowStreams(self.model.xp, self.cfg.seed, self.step_num, rows)
 
     def _data_summary(self):
         """What the run trains on, for the first log line (and the truncated examples, counted)."""
@@ -400,21 +445,25 @@ class Trainer:
         trained token; classify: per example, and the accuracy into self.accuracy[split])."""
         cfg, model = self.cfg, self.model
         # seed + 1: train's evaluation examples are not the first ones training sees
-        batches = sft.ExampleBatches(self.examples[split], cfg.batch_size, self.block_size, cfg.seed + 1)
+        batches = sft.ExampleBatches(self.examples[split], self.world.size * cfg.batch_size, self.block_size, cfg.seed + 1)
         total, count, correct = 0.0, 0, 0
         for _ in range(min(cfg.eval_batches, len(batches))):
+            batch = [a[self.rows] for a in batches.next()]   # this rank's rows; the sums are all-reduced below
+            if not len(batch[0]):
+                continue
             if self.task == "sft":
-                x, y = batches.next()
+                x, y = batch
                 n = int((y != sft.IGNORE_INDEX).sum())
                 total, count = total + model.loss(x, y) * n, count + n
                 continue
-            x, lengths, labels = batches.next()
+            x, lengths, labels = batch
             xp = model.xp
             logits = H.classify(model.params, model.config, xp.asarray(x), lengths=xp.asarray(lengths),
                                 lora_scale=model.lora_scale)
             total += float(L.cross_entropy_forward(logits, xp.asarray(labels))[0]) * len(labels)
             correct += int((asnumpy(logits).argmax(axis=-1) == labels).sum())
             count += len(labels)
+        total, count, correct = self.world.sum([total, count, correct])
         if self.task == "classify":
             self.accuracy[split] = correct / count
         return total / count
@@ -428,40 +477,34 @@ class Trainer:
     def step(self):
         """One optimisation step; returns a dict of what happened: `step` (counted from 1, as in the
         logs: the number of updates made once this one is done), loss, lr, grad norm, tokens."""
-        cfg, model = self.cfg, self.model
+        cfg, model, world = self.cfg, self.model, self.world
         xp = model.xp
         s = self.step_num
-        batch_rng = np.random.default_rng([cfg.seed, 0, s])
-        drop_rng = make_rng(xp, (cfg.seed * 1_000_003 + s) % 2**63) if cfg.dropout else None
+        batch_rng = np.random.default_rng([cfg.seed, 0, s])   # the step's global batch, the same on every rank
         wanted = set(self.trainable)
-        total, grads = 0.0, None
+        acc = P.GradientSum(self.layout, xp, model.dtype)     # targets scored x mean gradient, summed
         t0 = time.perf_counter()
-        tokens = 0
-        overflow = False
-        for _ in range(cfg.grad_accum):
-            loss, g, n = self._loss_and_grads(batch_rng, wanted, drop_rng)
-            total, tokens = total + loss / cfg.grad_accum, tokens + n
-            if g is None:   # float16: a gradient overflowed (amp.py)
-                overflow = True
-            elif grads is None:
-                grads = g
-            else:
-                for k in grads:
-                    grads[k] += g[k]
-        if cfg.grad_accum > 1:
-            for g in grads.values():
-                g /= cfg.grad_accum
+        tokens, overflow = 0, False
+        for micro in range(cfg.grad_accum):
+            loss, g, n, scored = self._loss_and_grads(batch_rng, wanted, micro)
+            tokens += n
+            overflow |= g is None and n > 0   # float16: a gradient overflowed (amp.py)
+            acc.add(g, loss, scored)
+        if self.masks is not None:   # pruned weights get no gradient (so no AdamW moment either)
+            prune.apply_masks(acc.views, self.masks)
+        # the mean over every target of every rank: all-reduced (or, ZeRO-1, this rank's slice of it)
+        total, _, grad = acc.reduce(world, scatter=bool(cfg.zero))
+        tokens *= world.size
         if not math.isfinite(total):
             return {"step": s + 1, "loss": total}
         lr = self.lr(s)
-        if self.scaler is not None and self._skip_on_overflow(overflow, s + 1):
+        if self.scaler is not None and self._skip_on_overflow(bool(world.sum([overflow])[0]), s + 1):  # any rank's
             self.step_num += 1
             return {"step": s + 1, "loss": total, "lr": lr, "grad_norm": None, "tokens": tokens,
                     "seconds": time.perf_counter() - t0, "skipped": True}
-        if self.masks is not None:   # pruned weights get no gradient (so no AdamW moment either)
-            prune.apply_masks(grads, self.masks)
-        norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip else None
-        self.opt.step(model.params, grads, lr)
+        # clipped by the global norm, summed over the flat buffer (ZeRO-1: over every rank's slice)
+        norm = P.clip_flat(grad, cfg.grad_clip, world if cfg.zero else None) if cfg.grad_clip else None
+        self.opt.step(model.params, grad if cfg.zero else self.layout.unflatten(grad), lr)
         if self.masks is not None:   # and are masked again: exactly zero whatever the update did
             prune.apply_masks(model.params, self.masks)
         synchronize(xp)
@@ -483,11 +526,12 @@ class Trainer:
         """Mean loss over the fixed evaluation batches of `split` (no dropout, no gradients)."""
         if self.task != "lm":
             return self._evaluate_examples(split)
-        if self.adaptive:
-            xp = self.model.xp
-            return float(np.mean([adaptive.loss(self.model.params, self.model.config, xp.asarray(x), xp.asarray(y))
-                                  for x, y in self.eval_batches(split)]))
-        return float(np.mean([self.model.loss(x, y) for x, y in self.eval_batches(split)]))
+        xp, m = self.model.xp, self.model
+        # each rank scores its rows of every batch; one all-reduce sums (loss x targets, targets) per batch
+        sums = np.array([((float(adaptive.loss(m.params, m.config, xp.asarray(x), xp.asarray(y))) if self.adaptive
+                           else m.loss(x, y)) * y.size, y.size) for x, y in self.eval_batches(split)], dtype=np.float64)
+        sums = self.world.allreduce(sums)
+        return float(np.mean(sums[:, 0] / sums[:, 1]))
 
     def eval_batches(self, split):
         """The fixed evaluation batches of `split`, the same at every evaluation.
@@ -496,8 +540,8 @@ class Trainer:
         val, so that --eval-batches costs time, not memory."""
         rng = np.random.default_rng([self.cfg.seed, 1 if split == "train" else 2])
         ids = self.train_ids if split == "train" else self.val_ids
-        for _ in range(self.cfg.eval_batches):
-            yield D.get_batch(ids, self.cfg.batch_size, self.block_size, rng)
+        for _ in range(self.cfg.eval_batches):   # global batches; this rank's rows of each
+            yield D.get_batch(ids, self.world.size * self.cfg.batch_size, self.block_size, rng, rows=self.rows)
 
     @property
     def eval_sets(self):
@@ -508,9 +552,11 @@ class Trainer:
     def save_checkpoint(self):
         """Write checkpoint.safetensors (atomically), then the model for generation (with
         --patience the model files are written at each new best evaluation instead)."""
+        opt_arrays, opt_scalars = self.opt.state_dict()  # every rank takes part: ZeRO gathers the moments
+        if not self.world.is_root:
+            return
         make_folder(self.out, "output folder (--out)")
         arrays = {f"param:{k}": asnumpy(self.model.params[k]) for k in self.trainable}
-        opt_arrays, opt_scalars = self.opt.state_dict()
         arrays.update({k: asnumpy(a) for k, a in opt_arrays.items()})
         meta = {"step": self.step_num, "train_config": json.dumps(asdict(self.cfg)), "optimizer": json.dumps(opt_scalars),
                 "model_config": json.dumps(asdict(self.model.config)), "best_val": json.dumps(self.best_val),
@@ -527,7 +573,9 @@ class Trainer:
         """config.json + model.safetensors (LoRA: merged, and adapters.safetensors) for generation;
         with any parameter-efficient method also adapter/, the adapters alone in peft's folder
         layout (prefix and bottleneck adapters: model.safetensors is the base, and load_model
-        attaches adapter/)."""
+        attaches adapter/). Rank 0 only."""
+        if not self.world.is_root:
+            return
         make_folder(self.out, "output folder (--out)")
         cfg = self.cfg
         if cfg.lora_rank:
@@ -596,14 +644,22 @@ class Trainer:
             self.log(f"nothing to do: the run in {self.out}/ already finished its {cfg.steps} steps; "
                      f"give a larger --steps with --resume to train further.")
             return None
-        self._prepare_out()
+        if self.world.is_root:
+            self._prepare_out()
+        N = self.world.size
         self.log(f"training {self.model!r}\n  {len(self.trainable)} tensors trainable "
                  f"({sum(int(self.model.params[k].size) for k in self.trainable):,} numbers); "
                  f"{self._data_summary()}; "
-                 f"{cfg.batch_size} x {self.block_size} tokens x {cfg.grad_accum} per step")
+                 f"{f'{N} ranks x ' if N > 1 else ''}{cfg.batch_size} x {self.block_size} tokens x {cfg.grad_accum} per step")
+        if N > 1:
+            whole = P.adamw_nbytes(self.model.params, self.trainable)
+            self.log(f"  {N} ranks, gradients by {self.world.transport}; AdamW state per rank "
+                     + (f"{self.opt.nbytes() / 1e6:,.1f} MB (ZeRO-1: 1/{N} of {whole / 1e6:,.1f} MB)" if cfg.zero
+                        else f"{whole / 1e6:,.1f} MB"))
         recent, last_eval = [], None
         # Overflow on the way to a NaN is reported once, as the error below, not as warnings.
-        with open(self.out / "log.jsonl", "a") as logf, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        log_file = open(self.out / "log.jsonl", "a") if self.world.is_root else contextlib.nullcontext()
+        with log_file as logf, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.step_num < cfg.steps:
                 info = self.step()
                 self._stop_unless_finite(info["loss"], info["step"], "the training loss")
@@ -694,10 +750,10 @@ class Trainer:
             logf.flush()
 
 
-def train(cfg=None, log=print, **kwargs):
+def train(cfg=None, log=print, world=None, **kwargs):
     """Train from a TrainConfig (or its fields as keywords); returns the Trainer when done."""
     cfg = cfg or TrainConfig(**kwargs)
-    trainer = Trainer(cfg, log=log)
+    trainer = Trainer(cfg, log=log, world=world)
     trainer.run()
     return trainer
 
@@ -762,6 +818,7 @@ _FLAGS = {
                                       "saved beside the model as adaptive_softmax.safetensors)"),
     "patience": (int, "early stopping: stop after N evaluations without a lower validation loss; OUT/model.safetensors "
                       "is then the best model, the checkpoint the last step (default off)"),
+    "zero": (int, "with several ranks (mpiexec -n N): 1 shards AdamW's moments over them, ZeRO stage 1 (default 0)"),
 }
 
 
@@ -791,7 +848,9 @@ def build_parser():
                "  python -m picogpt.train --data data/shakespeare --init gpt2 --block-size 256 --lr 3e-5 --steps 200\n"
                "  python -m picogpt.train --data data/shakespeare --init gpt2 --lora-rank 8 --lr 1e-3 --steps 200\n"
                "  # pick up where a stopped run left off\n"
-               "  python -m picogpt.train --data data/shakespeare --out out/shakespeare --steps 1500 --resume")
+               "  python -m picogpt.train --data data/shakespeare --out out/shakespeare --steps 1500 --resume\n"
+               "  # 4 processes of 4 rows each: the same run as --batch-size 16 in one (pip install \".[mpi]\")\n"
+               "  mpiexec -n 4 python -m picogpt.train --data data/shakespeare --batch-size 4 --out out/dp")
     p.add_argument("--data", required=True,
                    help="a UTF-8 text file, or a folder made by `python -m picogpt.data` (train.bin, val.bin; or "
                         "examples made with --task sft|classify, whose meta.json sets the task)")
@@ -822,10 +881,12 @@ def _train_command(args):
         raise PicoGPTError("give --steps or --epochs, not both: --epochs N sets the steps to N passes over the data.")
     if args.steps is None:
         del args.steps   # TrainConfig's default
-    cfg = TrainConfig(**vars(args))
-    trainer = Trainer(cfg)
-    last = trainer.run()
-    if last:
+    world = P.world()  # this process alone, or every rank of an mpiexec job
+    with P.loud_failure(world):
+        cfg = TrainConfig(**vars(args))
+        trainer = Trainer(cfg, world=world)
+        last = trainer.run()
+    if last and world.is_root:
         use = {"lm": f'python -m picogpt.generate "..." --model {cfg.out}',
                "sft": f"python -m picogpt.chat --model {cfg.out}",
                "classify": f"python -m picogpt.eval --task classify --model {cfg.out} --data {cfg.data}"}[trainer.task]

@@ -22,6 +22,7 @@ from picogpt import parallel as P
 from picogpt import safetensors
 from picogpt.errors import PicoGPTError
 from picogpt.optim import AdamW, clip_grad_norm
+from picogpt.train import TrainConfig, Trainer
 
 HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
 needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec: pip install '.[mpi]'")
@@ -105,14 +106,18 @@ def test_gradient_sum_weights_micro_batches_by_their_token_counts():
         np.testing.assert_allclose(view, (3 * g1[k] + g2[k]) / 4, rtol=1e-6)
 
 
-def test_clip_part_of_one_rank_equals_clip_grad_norm():
+def test_clip_flat_equals_clip_grad_norm_with_the_norm_summed_in_float64():
     g = random_params(3)
     flat = P.flatten(g)
-    norm = P.clip_part(flat, P.World(), 0.5)
+    exact = float(np.sqrt(sum((a.astype(np.float64) ** 2).sum() for a in g.values())))
+    norm = P.clip_flat(flat, 0.5)
+    assert norm == pytest.approx(exact, rel=1e-7)
     ref = {k: a.copy() for k, a in g.items()}
-    assert norm == pytest.approx(clip_grad_norm(ref, 0.5), rel=1e-6)
+    assert clip_grad_norm(ref, 0.5) == pytest.approx(norm, rel=1e-6)
     for k, view in P.unflatten(flat, g).items():
         np.testing.assert_allclose(view, ref[k], rtol=1e-6)
+    assert P.clip_flat(flat, 10.0) == pytest.approx(0.5, rel=1e-6)      # below max_norm: unchanged
+    assert float(np.sqrt((flat.astype(np.float64) ** 2).sum())) == pytest.approx(0.5, rel=1e-6)
 
 
 def test_dropout_streams_give_each_global_row_the_same_mask_however_the_batch_is_split():
@@ -162,3 +167,153 @@ def test_data_fingerprint_sees_a_changed_file(tmp_path):
     with open(tmp_path / "a.txt", "a") as f:
         f.write("more")
     assert P.data_fingerprint(tmp_path) != before
+
+
+# --- real MPI jobs ---------------------------------------------------------------------------------
+# Every job runs `python -m picogpt.train` through a small driver (below) under `mpiexec -n 2`, with one
+# BLAS thread per rank; the one-process runs it is compared with run in this process.
+
+DRIVER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+if os.environ.get("PICOGPT_SIMULATED_GPU") == "1":  # GPU tests without a GPU: the simulated device
+    from simulated_gpu import install
+    install()
+from picogpt import train as T
+
+FAIL_AT = int(os.environ.get("FAIL_AT_STEP", "0"))
+if FAIL_AT:  # a deliberately failing rank: rank 1 raises in step FAIL_AT
+    step = T.Trainer.step
+
+    def failing_step(self):
+        if self.world.rank == 1 and self.step_num + 1 == FAIL_AT:
+            raise RuntimeError(f"deliberate failure on rank 1 in step {{FAIL_AT}}")
+        return step(self)
+
+    T.Trainer.step = failing_step
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+# A 2-layer, 32-wide model on 16-token windows; constant learning rate (min_lr = lr), so a run cut
+# short and resumed follows the same schedule as one run through.
+FLAGS = dict(model="gpt2-micro", n_embd=32, block_size=16, steps=4, warmup_steps=0, lr=3e-3, min_lr=3e-3,
+             eval_interval=2, eval_batches=2, log_interval=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mpi_env(tmp_path_factory):
+    """(data file, driver script, environment) shared by the MPI tests."""
+    tmp = tmp_path_factory.mktemp("mpi")
+    driver = tmp / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(ROOT / "tests")))
+    env = subprocess_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return write_text(tmp / "words.txt", n_lines=200), driver, env
+
+
+def mpiexec(mpi_env, out, n=2, timeout=120, extra_env=None, **flags):
+    text, driver, env = mpi_env
+    args = [shutil.which("mpiexec"), "-n", str(n), sys.executable, str(driver), "--data", str(text), "--out", str(out)]
+    for k, v in {**FLAGS, **flags}.items():
+        if v is True:
+            args.append("--" + k.replace("_", "-"))
+        elif v is not False:
+            args += ["--" + k.replace("_", "-"), str(v)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**env, **(extra_env or {})})
+
+
+def one_process(mpi_env, out, **flags):
+    Trainer(TrainConfig(data=str(mpi_env[0]), out=str(out), **{**FLAGS, **flags}), log=quiet).run()
+
+
+def results(out):
+    """(per-step losses, evaluations, parameters, AdamW moments) of a finished run."""
+    losses, evals = {}, {}
+    for line in (Path(out) / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("eval"):
+            evals[rec["step"]] = (rec["train_loss"], rec["val_loss"])
+        else:
+            losses[rec["step"]] = rec["loss"]
+    arrays = safetensors.load(Path(out) / "checkpoint.safetensors")
+    return losses, evals, {k: np.asarray(a, np.float64) for k, a in arrays.items()}
+
+
+def assert_same_run(a, b, tol=1e-5):
+    (la, ea, pa), (lb, eb, pb) = results(a), results(b)
+    assert la.keys() == lb.keys() and ea.keys() == eb.keys() and pa.keys() == pb.keys()
+    for s in la:
+        assert abs(la[s] - lb[s]) <= tol * abs(lb[s]), (s, la[s], lb[s])
+    for s in ea:
+        np.testing.assert_allclose(ea[s], eb[s], rtol=tol)
+    for k in pa:
+        # Parameters (of order 0.01 to 1) within tol; AdamW's moments (m ~ g, v ~ g^2, far smaller)
+        # within tol of their array's largest entry. (A parameter whose true gradient is 0, such as
+        # the key bias, moves by rounding noise / (sqrt(v) + eps): far below tol, but not a relative 1e-5.)
+        scale = 1.0 if k.startswith("param:") else float(np.abs(pb[k]).max())
+        assert float(np.abs(pa[k] - pb[k]).max()) <= tol * scale, k
+
+
+def ok(r):
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+    return r
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [dict(), dict(dropout=0.1, grad_accum=2)], ids=["plain", "dropout+accum"])
+def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(mpi_env, tmp_path, flags):
+    one_process(mpi_env, tmp_path / "one", batch_size=4, **flags)
+    r = ok(mpiexec(mpi_env, tmp_path / "two", batch_size=2, **flags))
+    assert_same_run(tmp_path / "two", tmp_path / "one")
+    assert "2 ranks" in r.stdout and r.stdout.count("step      1/4") == 1   # rank 0 alone prints
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_zero1_equals_plain_data_parallelism_with_moments_split(mpi_env, tmp_path):
+    ok(mpiexec(mpi_env, tmp_path / "plain", batch_size=2, dropout=0.1))
+    r = ok(mpiexec(mpi_env, tmp_path / "zero", batch_size=2, dropout=0.1, zero=1))
+    assert_same_run(tmp_path / "zero", tmp_path / "plain")
+    assert "ZeRO-1: 1/2 of" in r.stdout
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumed_by_one_process_continues_exactly(mpi_env, tmp_path):
+    one_process(mpi_env, tmp_path / "whole", batch_size=4, dropout=0.1)
+    ok(mpiexec(mpi_env, tmp_path / "cut", batch_size=2, dropout=0.1, zero=1, steps=2))
+    one_process(mpi_env, tmp_path / "cut", batch_size=4, dropout=0.1, resume=True)
+    assert_same_run(tmp_path / "cut", tmp_path / "whole")
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_whole_job_with_its_message(mpi_env, tmp_path):
+    t0 = time.perf_counter()
+    r = mpiexec(mpi_env, tmp_path / "out", batch_size=2, steps=50, timeout=60, extra_env={"FAIL_AT_STEP": "2"})
+    assert time.perf_counter() - t0 < 30
+    assert r.returncode != 0
+    assert "rank 1/2:" in r.stderr and "RuntimeError: deliberate failure on rank 1 in step 2" in r.stderr, r.stderr
+
+
+@needs_mpi
+def test_ranks_that_disagree_refuse_to_start_naming_the_difference(mpi_env, tmp_path):
+    text, driver, env = mpi_env
+    common = [sys.executable, str(driver), "--data", str(text), "--out", str(tmp_path / "out"), "--model", "gpt2-micro"]
+    r = subprocess.run([shutil.which("mpiexec"), "-n", "1", *common, "--lr", "1e-3", ":", "-n", "1", *common, "--lr", "2e-3"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 1 and rank 0 disagree on the training config lr (0.002 vs 0.001)" in errors[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@needs_mpi
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_ranks_equal_one_cpu_process(mpi_env, tmp_path):
+    """On the simulated device (CI) the gradients go through the host-staged path; on a machine
+    with GPUs, through NCCL where it loads."""
+    one_process(mpi_env, tmp_path / "cpu", batch_size=4, dropout=0.1, zero=1)
+    r = ok(mpiexec(mpi_env, tmp_path / "gpu", batch_size=2, dropout=0.1, zero=1, device="gpu"))
+    assert_same_run(tmp_path / "gpu", tmp_path / "cpu", tol=1e-4)
+    assert "gradients by nccl" in r.stdout or "gradients by mpi via host" in r.stdout

@@ -4,12 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from helpers import quiet, run_module, write_text
 
 from picogpt import get_tokenizer
 from picogpt.data import get_batch
 from picogpt.errors import PicoGPTError
 from picogpt.shards import (EOT, HEADER_BYTES, MAGIC, ShardedTokens, load_shards, prepare_shards, read_shard,
                             write_shard)
+from picogpt.train import TrainConfig, Trainer
 
 
 def test_a_shard_round_trips_its_tokens_exactly_with_llm_c_header(tmp_path):
@@ -79,3 +81,19 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     bad.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
     with pytest.raises(PicoGPTError, match=r"bad\.jsonl, line 2: .*\"text\""):
         prepare_shards([bad], tmp_path / "out", progress=False, workers=1)
+
+
+def test_the_data_command_shards_a_folder_and_training_reads_the_shards(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        write_text(corpus / f"part{i}.txt", n_lines=60, seed=i)
+    r = run_module("picogpt.data", corpus, "--out", tmp_path / "data", "--shard-tokens", "1000", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "train shard(s)" in r.stdout and "3/3 files" in r.stderr        # the progress bar, on stderr
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert meta["train_shards"] >= 2 and (tmp_path / "data" / "val_000000.bin").is_file()
+    t = Trainer(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "out"), model="gpt2-micro", n_embd=32,
+                            block_size=16, batch_size=2, steps=1, eval_batches=1, device="cpu"), log=quiet)
+    assert isinstance(t.train_ids, ShardedTokens) and len(t.train_ids) == meta["train_tokens"]
+    assert np.isfinite(t.step()["loss"])
