@@ -4,6 +4,11 @@ The four OpenAI sizes, plus small configs for tests and classes. Field names fol
 Hugging Face's GPT2Config where they exist (n_layer, n_head, n_embd, vocab_size), except that
 picogpt calls the context length `n_ctx` (Hugging Face: `n_positions`).
 
+nanoGPT's two model options are fields too, GPT-2's by default: `bias` (False: no biases in the
+linear layers and layer norms; config.json "bias": false, a key of picogpt's own, since
+transformers' GPT-2 always has biases) and `gelu` ("tanh", GPT-2's approximation, config.json
+activation_function "gelu_new"; "exact", the erf form, which transformers calls "gelu").
+
 A sequence classifier (transformers' GPT2ForSequenceClassification) is a GPT2Config with
 `labels`, its label names in id order (config.json: id2label / label2id, num_labels), and the
 `pad_token_id` transformers uses to find each row's last real token.
