@@ -12,7 +12,7 @@ from .common import array, hyp, rounded, wrong
 
 def reference(k_cache, v_cache, k_new, v_new, length):
     B, H, max_len, D = k_cache.shape
-    config = SimpleNamespace(n_layer=1, n_head=H, head_dim=D)
+    config = SimpleNamespace(n_layer=1, n_head=H, head_dim=D, heads=lambda i: H)   # heads(i): per-layer count (pruning)
     cache = KVCache(config, B, max_len, get_array_module(k_cache), k_cache.dtype)
     cache.k[0], cache.v[0] = k_cache, v_cache    # the caller's arrays: append writes into them
     cache.length = length
