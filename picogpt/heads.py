@@ -217,7 +217,7 @@ class GPT2Classifier(M.GPT2):
     def to(self, device=None, dtype=None):
         m = super().to(device, dtype)
         return GPT2Classifier(m.config, m.params, device=m.device, lora_scale=m.lora_scale, lora=m.lora,
-                              quantized=m.quantized)
+                              quantized=m.quantized, tokenizer=m.tokenizer)
 
 
 def check_language_model(model, name):

@@ -103,7 +103,7 @@ def quantize_model(model, include_wte=False):
         else:
             params[k] = a.copy()
     return GPT2(model.config, params, device=model.device, lora_scale=model.lora_scale, lora=model.lora,
-                quantized=sorted(names))
+                quantized=sorted(names), tokenizer=model.tokenizer)
 
 
 def quantized_size_bytes(model, include_wte=False):

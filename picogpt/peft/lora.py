@@ -77,7 +77,7 @@ def merge_lora(model):
             base = k[:-len(".lora_A")]
             delta = model.params[k] @ model.params[base + ".lora_B"]
             params[base + ".weight"] = params[base + ".weight"] + model.lora_scale * delta
-    return GPT2(model.config, params, device=model.device)
+    return GPT2(model.config, params, device=model.device, tokenizer=model.tokenizer)
 
 
 def save_adapters(model, path):
