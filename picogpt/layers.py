@@ -458,7 +458,7 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None, nee
     safe = xp.where(valid, targets, 0)
     w = (valid / xp.maximum(valid.sum(), 1)).astype(x.dtype)    # (N,) each row's weight in the mean
     dx = xp.empty_like(x) if need_dx else None
-    dW, dW_part = (xp.zeros_like(W), xp.empty_like(W)) if need_dW else (None, None)
+    dW, dW_part = (xp.empty_like(W), None) if need_dW else (None, None)
     buf = xp.empty((chunk_rows, V), dtype=x.dtype)
     loss = xp.zeros((), dtype=x.dtype)
     for start in range(0, N, chunk_rows):
@@ -479,7 +479,11 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None, nee
         if need_dx:
             xp.matmul(z, W, out=dx[start:stop])
         if need_dW:
-            xp.matmul(z.T, xc, out=dW_part)
-            dW += dW_part
+            if start == 0:
+                xp.matmul(z.T, xc, out=dW)            # the first chunk writes dW: no zeros, no add
+            else:
+                dW_part = xp.empty_like(W) if dW_part is None else dW_part
+                xp.matmul(z.T, xc, out=dW_part)
+                dW += dW_part
     cast = lambda a: None if a is None else a.astype(out_dtype, copy=False)  # noqa: E731
     return loss, cast(dx), cast(dW)
