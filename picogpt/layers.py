@@ -48,15 +48,17 @@ def embedding_forward(ids, W):
     return W[ids], (ids, W.shape)
 
 
-def embedding_backward(dout, cache):
+def embedding_backward(dout, cache, into=None):
     """dout (..., C) -> dW (V, C).
 
     out[i] = W[ids[i]], so dW[v] = sum of dout[i] over every i with ids[i] == v. A plain
     `dW[ids] += dout` keeps only one of the repeated ids; scatter_add sums them all.
+    into: a (V, C) gradient to add to, in place, and return (the tied wte's LM-head share):
+    the same sum as `into + embedding_backward(dout, cache)` without a second (V, C) array.
     """
     ids, shape = cache
     xp = get_array_module(dout)
-    dW = xp.zeros(shape, dtype=dout.dtype)
+    dW = xp.zeros(shape, dtype=dout.dtype) if into is None else into
     scatter_add(dW, ids.reshape(-1), dout.reshape(-1, shape[1]))
     return dW
 

@@ -181,3 +181,13 @@ def test_linear_with_few_rows_is_the_plain_product(rows):
     np.testing.assert_allclose(out, x @ W + b, rtol=1e-5, atol=2e-5)
     # the same numbers for an F-ordered W (the tied LM head passes wte.T), within float32 rounding
     np.testing.assert_allclose(L.linear_forward(x[None], W.T.copy().T, b)[0][0], out, rtol=1e-5, atol=2e-5)
+
+
+def test_embedding_backward_into_adds_in_place():
+    ids = np.array([[0, 2, 2], [1, 0, 3]])
+    dout, head = normal(np, 0, (2, 3, 5)), normal(np, 1, (4, 5))
+    _, cache = L.embedding_forward(ids, head)
+    want = head + L.embedding_backward(dout, cache)
+    got = L.embedding_backward(dout, cache, into=head)
+    assert got is head
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
