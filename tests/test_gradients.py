@@ -261,6 +261,7 @@ def test_model_backward_through_the_logits():
     assert_ok(check_gradients(lambda p: M.forward(p, TINY, ids)[0] * dlogits, params, grads, max_elements=96))
 
 
+@pytest.mark.slow
 def test_model_gradients_with_dropout():
     config = TINY.replace(dropout=0.1)
     ids, targets = tiny_batch(seed=1)
@@ -284,6 +285,7 @@ def lora_params(seed=2, r=2):
     return params
 
 
+@pytest.mark.slow
 def test_model_gradients_with_lora():
     params = lora_params()
     ids, targets = tiny_batch(seed=2)

@@ -113,6 +113,7 @@ def test_float16_storage_halves_the_file_and_loads_back(model, reference, tmp_pa
     assert np.abs(host(back.forward(reference["ids"])) - reference["logits"]).max() < 0.05
 
 
+@pytest.mark.slow   # importing torch and transformers takes seconds
 def test_save_model_loads_in_transformers_when_installed(model, reference, tmp_path):
     """The live check, for machines that have transformers (CI does not; the fixture covers it)."""
     torch = pytest.importorskip("torch")
