@@ -16,6 +16,8 @@ Lines typed (or piped in) are the user's turns; `/reset` forgets the conversatio
 end of input) ends it. Replies stream as they are made; Ctrl-C stops a reply (what was written
 so far is kept as the reply), not the session. When the conversation no longer fits the
 context with room for --max-new-tokens, the oldest turns are dropped (said once, on stderr).
+`--stop TEXT` (generate's option) also ends a reply, e.g. --stop $'\n\n' for a model that has not
+yet learned to close its turns with <|endoftext|>; the history keeps the text before it.
 With the input piped in, each user line is echoed, so stdout is the whole transcript.
 """
 
@@ -26,7 +28,7 @@ from . import sft
 from .cli import run_command
 from .errors import PicoGPTError
 from .generate import add_decoding_arguments, decoding_options
-from .generation import generate
+from .generation import cut_at_stop, generate
 from .heads import check_language_model
 from .sampling import check_sampling_args
 from .tokenizers import get_tokenizer
@@ -93,7 +95,7 @@ class Chat:
             self.out.write(" [stopped]")
         self.out.write(decode([]) + "\n")
         self.out.flush()
-        text = self.tok.decode(made).strip()
+        text = cut_at_stop(self.tok.decode(made), self.options.get("stop")).strip()   # --stop ends a reply too
         self.history.append({"role": self.bot, "content": text})
         return text
 

@@ -116,6 +116,11 @@ def test_the_decoding_options_of_generate_reach_the_reply(model, tok):
     chat, out, _ = new_chat(model, tok, max_new_tokens=12, no_repeat_ngram_size=1)
     reply_ids = tok.encode_ordinary(chat.reply("Who is there?"))
     assert len(reply_ids) == len(set(reply_ids))   # no token twice
+    free, _, _ = new_chat(model, tok, max_new_tokens=12)
+    text = free.reply("Who is there?")
+    stop = text[len(text) // 2:len(text) // 2 + 2]   # a piece of what the model says unprompted
+    stopped, _, _ = new_chat(model, tok, max_new_tokens=12, stop=[stop])
+    assert stopped.reply("Who is there?") == text[:text.find(stop)].strip()   # the history keeps what came before
 
 
 @pytest.mark.parametrize("args, needle", [(["--model", FIXTURES / "tiny-gpt2-cls"], "sequence classifier"),
