@@ -249,20 +249,25 @@ def gelu_exact_forward(x):
 
     Phi is the standard normal distribution function. GPT-2 used the tanh approximation
     (gelu_forward), which differs from this by up to ~5e-4; nanoGPT and torch's nn.GELU()
-    use this one.
+    use this one. The forward has every piece of the derivative at hand (erf and erf'), so it
+    keeps the derivative itself, d = 0.5 (1 + erf(z)) + 0.5 x erf'(z) / sqrt(2), for the backward.
     """
-    return 0.5 * x * (1.0 + erf(x * _SQRT1_2)), x
+    e, de = _erf_parts(x * _SQRT1_2)
+    e += 1.0
+    e *= 0.5                                # Phi(x) = 0.5 (1 + erf(z))
+    de *= (0.5 * _SQRT1_2) * x
+    de += e                                 # d = Phi(x) + 0.5 x erf'(z) / sqrt(2)
+    return x * e, de
 
 
-def gelu_exact_backward(dout, x):
-    """dout (...) -> dx (...).
+def gelu_exact_backward(dout, d):
+    """dout (...) -> dx (...) = dout * d, with d the derivative kept by the forward:
 
     d/dx = 0.5 (1 + erf(z)) + 0.5 x erf'(z) / sqrt(2),  z = x / sqrt(2)
     (the true erf'(z) is 2/sqrt(pi) e^{-z^2}, so the second term is x times the normal density;
     here erf' is that of the approximation the forward computed).
     """
-    e, de = _erf_parts(x * _SQRT1_2)
-    return dout * (0.5 * (1.0 + e) + (0.5 * _SQRT1_2) * x * de)
+    return dout * d
 
 
 # --- softmax ------------------------------------------------------------------------------
