@@ -34,8 +34,8 @@ def loss_and_grads(model, ref):
 
 # --- against transformers ----------------------------------------------------------------------
 
-def test_exact_gelu_model_equals_transformers(ref):
-    model = picogpt.load_model(GELU_MODEL, dtype="float64")
+def test_exact_gelu_model_equals_transformers(ref, device):
+    model = picogpt.load_model(GELU_MODEL, device=device, dtype="float64")
     assert model.config.gelu == "exact" and model.config.bias
     assert rel_err(model(ref["ids"]), ref["logits"]) < 1e-6
     loss, grads = loss_and_grads(model, ref)
@@ -45,16 +45,16 @@ def test_exact_gelu_model_equals_transformers(ref):
     for k in names:
         assert rel_err(grads[k], ref["grad:" + k]) < 1e-5, k
     # the test can tell the two GELUs apart: the tanh form misses transformers' logits
-    tanh = M.GPT2(model.config.replace(gelu="tanh"), model.params)
+    tanh = M.GPT2(model.config.replace(gelu="tanh"), model.params, device=device)
     assert rel_err(tanh(ref["ids"]), ref["logits"]) > 1e-4
 
 
-def test_bias_free_model_equals_transformers_with_zero_biases(ref):
-    full = picogpt.load_model(GELU_MODEL, dtype="float64")
+def test_bias_free_model_equals_transformers_with_zero_biases(ref, device):
+    full = picogpt.load_model(GELU_MODEL, device=device, dtype="float64")
     config = full.config.replace(bias=False)
     params = {k: a for k, a in full.params.items() if not k.endswith(".bias")}
     assert set(params) == set(M.param_names(config)) == set(M.param_shapes(config))
-    model = M.GPT2(config, params)
+    model = M.GPT2(config, params, device=device)
     assert rel_err(model(ref["ids"]), ref["nobias_logits"]) < 1e-6
     loss, grads = loss_and_grads(model, ref)
     assert abs(loss - float(ref["nobias_loss"])) < 1e-7
