@@ -42,22 +42,23 @@ def classify_records(n, seed=0, labels=("comedy", "tragedy")):
     return out
 
 
+def prepare(tmp_path_factory, task, records):
+    """A data folder made by `python -m picogpt.data --task TASK` from 24 train and 8 val records."""
+    tmp = tmp_path_factory.mktemp(task)
+    train = write_jsonl(tmp / "train.jsonl", records(24))
+    val = write_jsonl(tmp / "val.jsonl", records(8, seed=1))
+    assert D.main(["--task", task, str(train), "--val", str(val), "--out", str(tmp / "data")]) == 0
+    return tmp / "data"
+
+
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sft")
-    train = write_jsonl(tmp / "train.jsonl", sft_records(24))
-    val = write_jsonl(tmp / "val.jsonl", sft_records(8, seed=1))
-    assert D.main(["--task", "sft", str(train), "--val", str(val), "--out", str(tmp / "data")]) == 0
-    return tmp / "data"
+    return prepare(tmp_path_factory, "sft", sft_records)
 
 
 @pytest.fixture(scope="module")
 def cls_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cls")
-    train = write_jsonl(tmp / "train.jsonl", classify_records(24))
-    val = write_jsonl(tmp / "val.jsonl", classify_records(8, seed=1))
-    assert D.main(["--task", "classify", str(train), "--val", str(val), "--out", str(tmp / "data")]) == 0
-    return tmp / "data"
+    return prepare(tmp_path_factory, "classify", classify_records)
 
 
 def trainer(data, model_dir, out, **kw):
