@@ -77,12 +77,16 @@ class Chat:
             raise
         made, decode = [], self.tok.stream_decoder()
         eot = self.tok.eot_token
+        held = []   # whitespace not yet printed: shown once more text follows, dropped at the reply's end
 
         def on_token(step, tokens):
             if tokens[0] != eot:
                 made.append(int(tokens[0]))
-                self.out.write(decode([tokens[0]]))
-                self.out.flush()
+                held.append(decode([tokens[0]]))
+                if "".join(held).strip():
+                    self.out.write("".join(held))
+                    self.out.flush()
+                    held.clear()
 
         self.out.write(f"{self.bot}: ")
         self.out.flush()
@@ -93,7 +97,7 @@ class Chat:
                      tokenizer=self.tok, **self.options)
         except KeyboardInterrupt:   # Ctrl-C stops this reply, not the session
             self.out.write(" [stopped]")
-        self.out.write(decode([]) + "\n")
+        self.out.write(decode([]).rstrip() + "\n")
         self.out.flush()
         text = cut_at_stop(self.tok.decode(made), self.options.get("stop")).strip()   # --stop ends a reply too
         self.history.append({"role": self.bot, "content": text})

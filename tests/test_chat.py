@@ -56,7 +56,8 @@ def test_a_piped_three_turn_conversation_runs(gpt2_vocab_model):
 def test_the_prompt_is_the_template_and_the_reply_joins_the_history(model, tok):
     chat, out, _ = new_chat(model, tok)
     reply = chat.reply("Who is there?")
-    assert out.getvalue() == f"HORATIO: {reply}\n" or out.getvalue().startswith("HORATIO: ")
+    streamed = out.getvalue()
+    assert reply and streamed.startswith("HORATIO: ") and streamed.endswith(f"{reply}\n")   # streamed = returned
     assert chat.history == [{"role": "HAMLET", "content": "Who is there?"}, {"role": "HORATIO", "content": reply}]
     chat.history.append({"role": "HAMLET", "content": "Speak."})
     want = sum((sum(sft.encode_turn(t["role"], t["content"], tok), []) for t in chat.history), []) + \
