@@ -149,6 +149,18 @@ def test_an_sft_step_trains_on_padded_examples_with_their_masks(sft_dir, gpt2_vo
     assert t.step()["loss"] == pytest.approx(want, rel=1e-6)   # the first step's loss is that batch's
 
 
+def test_examples_longer_than_the_block_are_counted_in_the_log(sft_dir, gpt2_vocab_model, tmp_path):
+    said = []
+    t = T.Trainer(T.TrainConfig(data=str(sft_dir), init=str(gpt2_vocab_model), out=str(tmp_path / "o"), block_size=12,
+                                batch_size=4, steps=1, eval_batches=1, warmup_steps=0, device="cpu"), log=said.append)
+    longer = int((t.examples["train"].lengths() > 13).sum())
+    assert longer > 0 and t.batches.truncated == longer
+    x, y = t.batches.next()
+    assert x.shape[1] <= 12 and (y != -100).any(axis=1).all()   # cut from the left: the reply stays
+    t.run()
+    assert f"{longer} train examples longer than the block cut from the left" in said[0]
+
+
 def test_resume_of_an_sft_run_is_exact(sft_dir, gpt2_vocab_model, tmp_path):
     # 7 steps of 4 examples over 24 cross an epoch boundary (6 batches per epoch)
     kw = {"steps": 7, "eval_interval": 100, "save_interval": 100}
