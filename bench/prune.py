@@ -59,7 +59,7 @@ def main():
             masks = P.magnitude_masks(model.params, names, s, scope)
             model.params.update({k: model.params[k] * m for k, m in masks.items()})
             rows.append({"kind": f"magnitude ({scope})", "amount": s, "zero": round(P.sparsity_of(model.params, names), 3),
-                         "held-out loss": round(held_out(model, val), 4)})
+                         "held-out loss": f"{held_out(model, val):.3f}"})
     report("Magnitude pruning of the bundled model (no fine-tuning)", rows, args.json)
 
     imp = P.head_importance(base, P.importance_batches(args.data, args.batches, args.batch_size, 128))
@@ -69,7 +69,7 @@ def main():
         pruned = P.remove_heads(base, P.heads_to_prune(imp, f))
         left = sum(pruned.config.heads(i) for i in range(pruned.config.n_layer))
         rows.append({"kind": "heads", "amount": f, "heads": f"{left}/{total}", "params": pruned.num_params(),
-                     "held-out loss": round(held_out(pruned, val), 4)})
+                     "held-out loss": f"{held_out(pruned, val):.3f}"})
     report("Head pruning of the bundled model (importance = |dL/dgate|, no fine-tuning)", rows, args.json)
 
     x = val[0][0]
