@@ -352,9 +352,8 @@ def backward_hidden(dx, caches, config, wanted, dwte_head=None):
     if "wpe.weight" in wanted:
         grads["wpe.weight"] = L.embedding_backward(dpos, caches.wpe)
     if "wte.weight" in wanted:
-        grads["wte.weight"] = L.embedding_backward(dtok, caches.wte)
-        if dwte_head is not None:
-            grads["wte.weight"] += dwte_head
+        # the lookup's share is scattered straight into the LM head's (V, C) gradient, if any
+        grads["wte.weight"] = L.embedding_backward(dtok, caches.wte, into=dwte_head)
     if caches.blocks and caches.blocks[0].prefix:
         dkv = [(grads.pop(f"h.{i}.prefix_k"), grads.pop(f"h.{i}.prefix_v")) for i in range(config.n_layer)]
         grads.update(PX.prefix_backward(dkv, caches.prefix, wanted))
