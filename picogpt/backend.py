@@ -21,6 +21,8 @@ DEVICES = ("cpu", "gpu")
 
 def get_array_module(*arrays):
     """NumPy or CuPy, whichever the arrays belong to (NumPy when CuPy is absent)."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np                # the common CPU case first: cupy.get_array_module costs ~7 us a call
     if _cupy is not None:
         return _cupy.get_array_module(*arrays)
     return np
