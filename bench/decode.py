@@ -112,7 +112,8 @@ def main():
                    "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
             if device == "cpu" and batch == 1:
                 per_token = statistics.median(ours) / args.new_tokens
-                row["of bandwidth"] = f"{weight_bytes_per_token(config, np.dtype(args.dtype).itemsize) / per_token / bandwidth:.0%}"
+                weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
+                row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
             rows.append(row)
             print(row, flush=True)
     title = (f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, "
