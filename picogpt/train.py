@@ -340,6 +340,9 @@ class Trainer:
                 raise PicoGPTError("--n-layer/--n-head/--n-embd/--bias/--gelu apply to --init scratch only; a pretrained "
                                    "model keeps its sizes.")
             model = load_model(cfg.init, device=self.device, dtype=self._master_dtype())
+            if model.config.pruned_heads and cfg.prefix_tokens:   # prefixes are laid out for n_head heads per layer
+                raise PicoGPTError(f"--init {cfg.init} has pruned attention heads; prefix-tuning needs every layer's "
+                                   "full set of heads: use LoRA or adapters with it.")
             if not same_tokenizer(tok, get_tokenizer(model)):
                 raise PicoGPTError(f"the data ({cfg.data}) is tokenised with {describe(tok)} but --init {cfg.init} uses "
                                    f"{describe(get_tokenizer(model))}: prepare the data with the model's tokenizer, or "

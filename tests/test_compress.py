@@ -397,3 +397,12 @@ def test_bad_adaptive_cutoffs_are_one_sentence(four_heads, tmp_path, capsys, cut
                  "--steps", "1", "--block-size", "16", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "cutoffs" in err, err
+
+
+def test_prefix_tuning_a_head_pruned_model_is_one_sentence(four_heads, tmp_path, capsys):
+    from picogpt.train import main
+    picogpt.save_model(P.remove_heads(picogpt.load_model(four_heads / "model"), {0: [1]}), tmp_path / "p")
+    assert main(["--data", str(four_heads / "text.txt"), "--init", str(tmp_path / "p"), "--prefix-tokens", "2",
+                 "--steps", "1", "--block-size", "16", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "pruned attention heads" in err, err
