@@ -41,27 +41,9 @@ class AdamW:
     def step(self, params, grads, lr):
         """Update `params` in place from `grads` (only the names this optimizer was built for)."""
         self.t += 1
-        lr, (b1, b2) = float(lr), self.betas
-        c1, c2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
         for k, m in self.m.items():
-            g, p, v = grads[k], params[k], self.v[k]
-            xp = get_array_module(p)
-            if k in self.decay and self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
-            # The formulas above, in place with one scratch array `t` (no full-size temporaries).
-            t = xp.multiply(g, 1.0 - b1)
-            m *= b1
-            m += t                                   # m = b1 m + (1 - b1) g
-            xp.multiply(g, g, out=t)
-            t *= 1.0 - b2
-            v *= b2
-            v += t                                   # v = b2 v + (1 - b2) g^2
-            xp.divide(v, c2, out=t)
-            xp.sqrt(t, out=t)
-            t += self.eps                            # sqrt(v_hat) + eps
-            xp.divide(m, t, out=t)
-            t *= lr / c1                             # lr m_hat / (sqrt(v_hat) + eps)
-            p -= t
+            wd = self.weight_decay if k in self.decay else 0.0
+            adamw_update(params[k], grads[k], m, self.v[k], lr, self.t, wd, self.betas, self.eps)
 
     def state_dict(self):
         """Arrays (name -> array) and scalars, for checkpoints."""
@@ -75,6 +57,36 @@ class AdamW:
             self.m[k] = xp.array(arrays[f"m:{k}"], dtype=self.m[k].dtype)  # a copy: loaded arrays are read-only mmaps
             self.v[k] = xp.array(arrays[f"v:{k}"], dtype=self.v[k].dtype)
         self.t = int(scalars["t"])
+
+
+def adamw_update(p, g, m, v, lr, t, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, decay=None):
+    """One AdamW step (the maths in `AdamW`'s docstring) on arrays p, g, m, v of one shape, in place.
+
+    `t` is the step number (1 for the first step), for the bias corrections 1 - b^t. `decay`, a
+    bool array shaped like p, marks the numbers that get weight decay; None means all of them.
+    AdamW.step calls this per tensor and ZeRO-1 (picogpt.parallel) on a slice of the flat buffer,
+    so both give the same numbers, bit for bit.
+    """
+    xp = get_array_module(p)
+    lr, (b1, b2) = float(lr), betas
+    c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    if weight_decay:
+        shrink = 1.0 - lr * weight_decay
+        p *= shrink if decay is None else xp.where(decay, shrink, 1.0).astype(p.dtype)
+    # The formulas, in place with one scratch array `s` (no full-size temporaries).
+    s = xp.multiply(g, 1.0 - b1)
+    m *= b1
+    m += s                                   # m = b1 m + (1 - b1) g
+    xp.multiply(g, g, out=s)
+    s *= 1.0 - b2
+    v *= b2
+    v += s                                   # v = b2 v + (1 - b2) g^2
+    xp.divide(v, c2, out=s)
+    xp.sqrt(s, out=s)
+    s += eps                                 # sqrt(v_hat) + eps
+    xp.divide(m, s, out=s)
+    s *= lr / c1                             # lr m_hat / (sqrt(v_hat) + eps)
+    p -= s
 
 
 def lr_at(step, lr, min_lr, warmup_steps, total_steps):

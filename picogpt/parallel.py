@@ -47,7 +47,7 @@ import numpy as np
 from . import __version__
 from .backend import asnumpy, get_array_module, make_rng, xp_for
 from .errors import PicoGPTError
-from .optim import decays
+from .optim import adamw_update, decays
 
 # Variables that MPI launchers (MPICH/Hydra, Open MPI, PMIx, Intel MPI) set in every rank.
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -401,30 +401,6 @@ class GradientSum:
 
 
 # --- ZeRO stage 1 -------------------------------------------------------------------------------
-
-def adamw_update(p, g, m, v, lr, t, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, decay=None):
-    """One AdamW step on flat arrays p, g, m, v (n,), in place: the arithmetic of
-    picogpt.optim.AdamW.step, operation for operation, so that a slice updated here equals the
-    same numbers updated there. `decay` (n,) bool marks the numbers that get weight decay."""
-    xp = get_array_module(p)
-    lr, (b1, b2) = float(lr), betas
-    c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-    if weight_decay and decay is not None:
-        p *= xp.where(decay, 1.0 - lr * weight_decay, 1.0).astype(p.dtype)
-    s = xp.multiply(g, 1.0 - b1)
-    m *= b1
-    m += s                                   # m = b1 m + (1 - b1) g
-    xp.multiply(g, g, out=s)
-    s *= 1.0 - b2
-    v *= b2
-    v += s                                   # v = b2 v + (1 - b2) g^2
-    xp.divide(v, c2, out=s)
-    xp.sqrt(s, out=s)
-    s += eps                                 # sqrt(v_hat) + eps
-    xp.divide(m, s, out=s)
-    s *= lr / c1                             # lr m_hat / (sqrt(v_hat) + eps)
-    p -= s
-
 
 class ZeroAdamW:
     """AdamW with its moments sharded over the ranks (ZeRO stage 1).

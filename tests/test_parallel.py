@@ -21,7 +21,7 @@ from helpers import ROOT, quiet, subprocess_env, write_text
 from picogpt import parallel as P
 from picogpt import safetensors
 from picogpt.errors import PicoGPTError
-from picogpt.optim import AdamW, clip_grad_norm
+from picogpt.optim import AdamW, adamw_update, clip_grad_norm
 from picogpt.train import TrainConfig, Trainer
 
 HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
@@ -70,7 +70,7 @@ def test_adamw_on_any_slices_of_the_flat_buffer_equals_adamw_per_tensor_exactly(
         opt.step(ref, g, lr)
         gflat = layout.flatten(g)
         for a, b in zip(cuts, cuts[1:]):
-            P.adamw_update(flat[a:b], gflat[a:b], m[a:b], v[a:b], lr, t, 0.1, (0.9, 0.95), 1e-8, decay[a:b])
+            adamw_update(flat[a:b], gflat[a:b], m[a:b], v[a:b], lr, t, 0.1, (0.9, 0.95), 1e-8, decay[a:b])
         for k, view in layout.unflatten(flat).items():
             assert np.array_equal(view, ref[k]), (t, k)
 
