@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sft
+from . import files, sft
 from .cli import run_command
 from .errors import PicoGPTError
 from .files import atomic_open, make_folder, write_json
@@ -51,15 +51,7 @@ def tokenize_file(path, purpose="to train on", tok=None):
 
 def read_text(path, purpose="to train on"):
     """A UTF-8 text file's text; a missing, unreadable or empty file is one sentence."""
-    path = Path(path)
-    if not path.is_file():
-        raise PicoGPTError(f"no text file at {path}.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise PicoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-    except OSError as e:
-        raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
+    text = files.read_text(path)
     if not text.strip():
         raise PicoGPTError(f"{path} is empty: there is no text {purpose}.")
     return text

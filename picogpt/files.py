@@ -1,4 +1,4 @@
-"""Writing files so that nobody ever sees half of one, and saying why a write failed."""
+"""Writing files so that nobody ever sees half of one, and saying why a read or a write failed."""
 
 import contextlib
 import errno
@@ -63,6 +63,21 @@ def make_folder(path, what="output folder"):
     except OSError as e:
         raise PicoGPTError(f"cannot create the {what} {path} ({e.strerror or e}): {advice(e)}.") from None
     return path
+
+
+def read_text(path, what="text file"):
+    """A UTF-8 file's text; a missing, unreadable or undecodable file is one sentence naming it.
+
+    what: the kind of file expected, for the message when there is none ("text file", "JSONL file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise PicoGPTError(f"no {what} at {path}.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PicoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    except OSError as e:
+        raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
 
 
 def write_json(path, obj):

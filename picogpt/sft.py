@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PicoGPTError
-from .files import atomic_open, make_folder, write_json
+from .files import atomic_open, make_folder, read_text, write_json
 
 IGNORE_INDEX = -100
 TEMPLATE = "{role}:\n{content}<|endoftext|>"
@@ -63,14 +63,7 @@ TEMPLATE_VERSION = 1
 def read_jsonl(path):
     """[(line number, object)] for every non-blank line of a JSON-lines file; bad JSON names its line."""
     path = Path(path)
-    if not path.is_file():
-        raise PicoGPTError(f"no JSONL file at {path}.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise PicoGPTError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-    except OSError as e:
-        raise PicoGPTError(f"cannot read {path} ({e.strerror or e}).") from None
+    text = read_text(path, "JSONL file")
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
