@@ -7,6 +7,19 @@
     formats.py   save_adapters / load_adapters: peft's folder layout (LoRA, prefix) and
                  picogpt's own for bottleneck adapters (peft has none)
 
-This file imports nothing: model.py imports prefix.py and adapters.py (their forward and
-backward are ops of the model), while lora.py and formats.py import model.py.
+This file holds only what the three methods share, and imports nothing but errors: model.py
+imports prefix.py and adapters.py (their forward and backward are ops of the model), while
+lora.py and formats.py import model.py.
 """
+
+from ..errors import PicoGPTError
+
+
+def remove_params(model, names, what):
+    """Delete `names` (one method's parameters) from `model.params`, in place, and return them;
+    when there are none, say so in one sentence: "this model has no {what} to remove." """
+    if not names:
+        raise PicoGPTError(f"this model has no {what} to remove.")
+    for k in names:
+        del model.params[k]
+    return names

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import PicoGPTError
+from . import remove_params
 
 KINDS = {"houlsby": ("adapter_attn", "adapter_mlp"), "pfeiffer": ("adapter_mlp",)}
 PARTS = ("down.weight", "down.bias", "up.weight", "up.bias")
@@ -97,9 +98,4 @@ def add_adapters(model, size, kind="houlsby", seed=0):
 
 def remove_adapters(model):
     """Drop the bottleneck adapters from `model`, in place; returns the names removed."""
-    names = adapter_names(model.params)
-    if not names:
-        raise PicoGPTError("this model has no bottleneck adapters to remove.")
-    for k in names:
-        del model.params[k]
-    return names
+    return remove_params(model, adapter_names(model.params), "bottleneck adapters")

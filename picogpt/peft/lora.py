@@ -20,6 +20,7 @@ from .. import safetensors
 from ..backend import asnumpy
 from ..errors import PicoGPTError
 from ..model import GPT2, LORA_SUFFIXES
+from . import remove_params
 
 DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
@@ -60,11 +61,7 @@ def add_lora(model, rank=8, alpha=None, targets=DEFAULT_TARGETS, seed=0):
 def remove_lora(model):
     """Drop the adapters from `model`, in place: it is the base model again, its weights untouched.
     Returns the names of the adapter parameters removed."""
-    names = lora_names(model.params)
-    if not names:
-        raise PicoGPTError("this model has no LoRA adapters to remove.")
-    for k in names:
-        del model.params[k]
+    names = remove_params(model, lora_names(model.params), "LoRA adapters")
     model.lora_scale, model.lora = 1.0, None
     return names
 

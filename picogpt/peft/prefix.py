@@ -28,6 +28,7 @@ import numpy as np
 from .. import layers as L
 from ..backend import get_array_module
 from ..errors import PicoGPTError
+from . import remove_params
 
 TABLE = "prefix.kv"
 MLP = ("prefix.mlp.embedding", "prefix.mlp.fc.weight", "prefix.mlp.fc.bias", "prefix.mlp.proj.weight",
@@ -208,9 +209,4 @@ def merge_prefix(model):
 
 def remove_prefix(model):
     """Drop the prefix from `model`, in place; returns the names removed."""
-    names = prefix_names(model.params)
-    if not names:
-        raise PicoGPTError("this model has no prefix to remove.")
-    for k in names:
-        del model.params[k]
-    return names
+    return remove_params(model, prefix_names(model.params), "prefix")
