@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -247,6 +248,7 @@ def loud_failure(world):
         text = f"error: {e}" if isinstance(e, PicoGPTError) else traceback.format_exc().rstrip()
         print(f"rank {world.rank}/{world.size}: {text}\nrank {world.rank}/{world.size}: aborting every rank.",
               file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let mpiexec forward the message before Abort tears down its I/O proxies
         world.abort(2 if isinstance(e, PicoGPTError) else 130 if isinstance(e, KeyboardInterrupt) else 1)
 
 

@@ -115,11 +115,12 @@ def _last_progress(progress):
 
 
 def _child_env():
-    """The parent's environment, with this picogpt first on the path: the child grades with the
-    same code as the parent, installed or not."""
+    """The parent's environment, with the folder holding this picogpt on the path: the child grades
+    with the same code as the parent, installed or not. It goes last: for an installed picogpt that
+    folder is all of site-packages, which must not override the user's own PYTHONPATH."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), root) if p)
     return env
 
 
