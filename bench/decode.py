@@ -15,7 +15,7 @@ seconds per token) / bandwidth.
     python bench/decode.py --batch 1 --repeats 9
     python bench/decode.py --device gpu --batch 1 16 --json results.jsonl
 
-Targets (from the issues): CPU >= 1.5x transformers at batch 1 and 16; GPU batch 1 >= 3x eager.
+Goals picogpt sets itself: CPU >= 1.5x transformers at batch 1 and 16; GPU batch 1 >= 3x eager.
 """
 
 import argparse
