@@ -37,6 +37,18 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+# --- the tiny model and random inputs ---------------------------------------------------------
+
+def tiny(device="cpu", dtype="float32"):
+    """The tiny GPT-2 of tests/fixtures/tiny-gpt2 (made by transformers), loaded by picogpt."""
+    return picogpt.load_model(TINY, device=device, dtype=dtype)
+
+
+def normal(seed, shape, scale=1.0):
+    """A float64 NumPy array of standard normal numbers times `scale`, from `seed`."""
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
 # --- text to train on ------------------------------------------------------------------------
 
 WORDS = ("the king queen lord love death night day sword crown heart blood fair sweet speak "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from helpers import FIXTURES, TINY, assert_clean_error, host, quiet, rel_err, run_module, write_text
+from helpers import FIXTURES, TINY, assert_clean_error, host, normal, quiet, rel_err, run_module, tiny, write_text
 
 import picogpt
 from picogpt import adaptive as AS
@@ -32,14 +32,6 @@ seeds = st.integers(0, 2**32 - 1)
 def ref():
     with np.load(FIXTURES / "compress.npz") as npz:
         return dict(npz)
-
-
-def tiny(device="cpu", dtype="float32"):
-    return picogpt.load_model(TINY, device=device, dtype=dtype)
-
-
-def normal(seed, shape, scale=1.0):
-    return np.random.default_rng(seed).standard_normal(shape) * scale
 
 
 def assert_grads_match(grads, loss, ref, label):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from helpers import FIXTURES, TINY, host, quiet, rel_err
+from helpers import FIXTURES, TINY, host, normal, quiet, rel_err, tiny
 
 import picogpt
 from picogpt import layers as L
@@ -36,14 +36,6 @@ seeds = st.integers(0, 2**32 - 1)
 def ref():
     with np.load(FIXTURES / "peft.npz") as npz:
         return dict(npz)
-
-
-def tiny(device="cpu", dtype="float32"):
-    return picogpt.load_model(TINY, device=device, dtype=dtype)
-
-
-def normal(seed, shape, scale=1.0):
-    return np.random.default_rng(seed).standard_normal(shape) * scale
 
 
 def assert_grads_match(model, ref, label):
