@@ -51,8 +51,3 @@ def base_model(model):
     drop = set(PX.prefix_names(model.params)) | set(AD.adapter_names(model.params))
     base.params = {k: a for k, a in model.params.items() if k not in drop}
     return base
-
-
-def trainable_numbers(model, names):
-    """How many numbers the parameters `names` hold."""
-    return sum(int(model.params[k].size) for k in names)
