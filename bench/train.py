@@ -7,7 +7,9 @@ head tied to wte, cross-entropy on the logits) with nanoGPT's optimizer (torch A
 decay on matrices only, fused only on CUDA) and step (clip_grad_norm_ 1.0, zero_grad). Both
 run in the same process with the same BLAS / OpenMP threads (--threads, default 1), one
 step each in turn; the table gives the median and range over the repeats and the ratio
-peer time / picogpt time (>= 1.0: picogpt is at least as fast).
+peer time / picogpt time (>= 1.0: picogpt is at least as fast). On the CPU with torch installed,
+the same run also times the step's matrix products alone in NumPy and in torch (`BLAS ratio`,
+torch / NumPy): NumPy's OpenBLAS against torch's own BLAS, the ceiling of a step made of them.
 
     python bench/train.py                               # CPU: nanoGPT's three shapes
     python bench/train.py --shapes char --repeats 9     # one shape, more repeats
@@ -159,6 +161,29 @@ def transformers_step(config, device, batch, block, tf32=False):
 PEERS = {"nanogpt": nanogpt_step, "transformers": transformers_step}
 
 
+def gemm_shapes(config, batch, block):
+    """(rows, in, out) of every projection's product in one step, the tied LM head included."""
+    N, C = batch * block, config.n_embd
+    return [(N, C, 3 * C), (N, C, C), (N, C, 4 * C), (N, 4 * C, C)] * config.n_layer + [(N, C, config.vocab_size)]
+
+
+def gemms(lib, config, batch, block):
+    """The step's matrix products alone, in NumPy (lib None) or in torch (lib = torch): for each
+    projection y = x W, dx = dy W^T, dW = x^T dy. The ratio torch / NumPy of their times is the
+    ratio an all-matrix-product step would get: the ceiling that the BLAS sets on the row."""
+    rng = np.random.default_rng(0)
+    mats = []
+    for n, i, o in gemm_shapes(config, batch, block):
+        x, W, d = (rng.standard_normal(s, dtype=np.float32) for s in ((n, i), (i, o), (n, o)))
+        mats.append((x, W, d) if lib is None else tuple(lib.from_numpy(a) for a in (x, W, d)))
+
+    def step():
+        for x, W, d in mats:
+            x @ W, d @ W.T, x.T @ d
+
+    return step, lambda: None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -182,6 +207,9 @@ def main():
             peer = None if args.no_peer else PEERS[args.peer](config, args.device, batch, block, mode == "tf32")
             if peer is not None:
                 sides[args.peer] = peer
+            torch = None if gpu or args.no_peer else import_torch(args.threads)
+            if torch is not None:                 # the BLAS ceiling: the same products, NumPy and torch
+                sides["numpy gemms"], sides["torch gemms"] = gemms(None, config, batch, block), gemms(torch, config, batch, block)
             t = interleaved(sides, args.repeats)
             ours, theirs = t["picogpt"], t.get(args.peer)
             row = {"shape": f"{shape} {config.n_layer}L/{config.n_head}H/{config.n_embd} {batch}x{block}",
@@ -189,12 +217,14 @@ def main():
                    "picogpt tok/s": batch * block / float(np.median(ours["wall"])),
                    "peer step": summary(theirs["wall"]) if theirs else None,
                    "ratio": ratios(theirs["wall"], ours["wall"]) if theirs else None,
-                   "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None}
+                   "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None,
+                   "BLAS ratio": ratios(t["torch gemms"]["wall"], t["numpy gemms"]["wall"]) if "torch gemms" in t else None}
             rows.append(row)
             print(row, flush=True)
     report(f"training step (forward + backward + clip + AdamW), {args.device}, {args.threads} thread(s), "
            f"peer: {'none' if args.no_peer else args.peer}; median (min-max) of {args.repeats} interleaved "
-           f"repeats; ratio = peer time / picogpt time (wall clock; and process CPU time)", rows, args.json)
+           f"repeats; ratio = peer time / picogpt time (wall clock; and process CPU time); BLAS ratio = torch / NumPy "
+           f"time of the step's matrix products alone (the ceiling the BLAS sets)", rows, args.json)
 
 
 if __name__ == "__main__":

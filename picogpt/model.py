@@ -56,6 +56,7 @@ class BlockCache:
     att: tuple = None     # attention_forward: (q, k, v, softmax cache, dropped probs, dropout cache, scale)
     gate: tuple = None    # head_gate_forward (picogpt/gates.py), if the block has head gates
     prefix: bool = False  # True: `att` is prefix_attention_forward's cache (keys and values behind a prefix)
+    causal: bool = False  # True: `att` is causal_attention_forward's cache (probabilities in blocks of queries)
     proj: tuple = None    # _linear: attn.c_proj
     drop1: tuple = None   # dropout_forward on the attention branch
     adapter_attn: tuple = None   # adapter_forward after the attention (Houlsby), if any
@@ -213,7 +214,12 @@ def block_forward(params, i, x, config, mask, kv=None, rng=None, lora_scale=1.0,
     q, k, v = (L.split_heads(qkv[..., j * C:(j + 1) * C], H) for j in range(3))
     if kv is not None:
         k, v = kv.append(i, k, v)
-    if prefix is None:
+    if prefix is None and kv is None and not drop and q.shape[2] > L.CAUSAL_ROWS:
+        # training and scoring on long rows: the mask is the plain causal one, so the scores
+        # above it need not be computed (up to CAUSAL_ROWS queries, one block: attention_forward)
+        a, c.att = L.causal_attention_forward(q, k, v)
+        c.causal = True
+    elif prefix is None:
         a, c.att = L.attention_forward(q, k, v, mask, drop, rng)
     else:
         a, c.att = PX.prefix_attention_forward(q, k, v, *prefix, mask, drop, rng)
@@ -256,7 +262,7 @@ def block_backward(dx, c, i, config, grads, wanted):
     dh = GELU[config.gelu][1](dh, c.gelu)
     dh = _linear_backward(dh, c.fc, p + "mlp.c_fc", grads, wanted)
     dh, grads[p + "ln_2.weight"], grads[p + "ln_2.bias"] = L.layernorm_backward(dh, c.ln2)
-    dx = dx + dh
+    dx = dx + dh                             # a new array: the caller's dx is left as it was
     # x = x + dropout(attn(ln_1(x)))
     dx, da = L.residual_backward(dx)
     da = _adapter_backward(da, c.adapter_attn, p + "adapter_attn", grads)
@@ -266,13 +272,20 @@ def block_backward(dx, c, i, config, grads, wanted):
         da, grads[p + G.GATE] = G.head_gate_backward(da, c.gate)
     if c.prefix:   # the prefix's keys and values get their gradient here, collected by backward_hidden
         dq, dk, dv, grads[p + "prefix_k"], grads[p + "prefix_v"] = PX.prefix_attention_backward(da, c.att)
+    elif c.causal:
+        dq, dk, dv = L.causal_attention_backward(da, c.att)
     else:
         dq, dk, dv = L.attention_backward(da, c.att)
-    xp = get_array_module(dx)
-    dqkv = xp.concatenate([L.merge_heads(d) for d in (dq, dk, dv)], axis=-1)
-    dh = _linear_backward(dqkv, c.qkv, p + "attn.c_attn", grads, wanted)
+    # plainly concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1), with
+    # each head's gradient copied once, straight into its place in d[q | k | v]
+    B, H, T, D = dq.shape
+    dqkv = get_array_module(dx).empty((B, T, 3, H, D), dtype=dq.dtype)
+    for j, d in enumerate((dq, dk, dv)):
+        dqkv[:, :, j] = d.transpose(0, 2, 1, 3)
+    dh = _linear_backward(dqkv.reshape(B, T, 3 * H * D), c.qkv, p + "attn.c_attn", grads, wanted)
     dh, grads[p + "ln_1.weight"], grads[p + "ln_1.bias"] = L.layernorm_backward(dh, c.ln1)
-    return dx + dh
+    dx += dh                                 # in place: dx is this function's own array here
+    return dx
 
 
 def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=False, head=True, keep_caches=True):

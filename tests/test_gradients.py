@@ -152,6 +152,13 @@ def test_attention(xp, B, H, Tq, Tk, D, mask_kind, rate, scale, seed):
     assert_ok(check_op(forward, L.attention_backward, [q, k, v]))
 
 
+@given(B=st.integers(1, 2), H=st.integers(1, 3), T=st.integers(1, 9), D=small, rows=st.integers(1, 4),
+       scale=st.sampled_from([0.5, 1.0, 3.0]), seed=seeds)
+def test_causal_attention_by_blocks(xp, B, H, T, D, rows, scale, seed):
+    q, k, v = (normal(xp, seed + i, (B, H, T, D), scale) for i in range(3))
+    assert_ok(check_op(lambda q, k, v: L.causal_attention_forward(q, k, v, rows), L.causal_attention_backward, [q, k, v]))
+
+
 @given(B=small, T=small, H=small, D=small, seed=seeds)
 def test_split_and_merge_heads(xp, B, T, H, D, seed):
     x = normal(xp, seed, (B, T, H * D))

@@ -86,6 +86,25 @@ def test_model_gradients_with_each_option(bias, gelu, seed):
     assert any(k.endswith(".bias") for k in params) == bias
 
 
+@pytest.mark.parametrize("T", [5, 20])
+def test_long_rows_take_causal_attention_by_blocks_with_the_same_loss_and_gradients(T, monkeypatch):
+    """Rows longer than CAUSAL_ROWS go through causal_attention_forward (keys above the diagonal
+    skipped): the same loss and gradients, in float64, as attention_forward with the full mask."""
+    config = TINY.replace(n_ctx=24)
+    params = M.init_params(config, np, np.float64, 3)
+    rng = np.random.default_rng(4)
+    ids, targets = rng.integers(0, 11, (2, T)), rng.integers(0, 11, (2, T))
+    monkeypatch.setattr(M.L, "CAUSAL_ROWS", 64)          # longer than T: plain attention
+    loss, grads = M.loss_and_grads(params, config, ids, targets)
+    monkeypatch.setattr(M.L, "CAUSAL_ROWS", 4)           # blocks of 4 queries
+    _, caches = M.forward(params, config, ids)
+    assert all(c.causal and len(c.att[4]) == -(-T // 4) for c in caches.blocks)
+    loss_b, grads_b = M.loss_and_grads(params, config, ids, targets)
+    assert abs(loss_b - loss) < 1e-12
+    for k, g in grads.items():
+        assert rel_err(grads_b[k], g) < 1e-10, k
+
+
 # --- config.json and checkpoints ----------------------------------------------------------------
 
 def test_defaults_stay_gpt2s():

@@ -6,12 +6,14 @@ schedulers. These tests need neither torch nor a network.
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
 from helpers import TINY
 
 import picogpt
+from picogpt import layers
 from picogpt.optim import AdamW, clip_grad_norm, decays, global_norm, lr_at
 
 
@@ -102,3 +104,27 @@ def test_clip_grad_norm_returns_the_norm_before_and_scales_to_max_norm():
     g = {"a": np.array([3.0, 0.0]), "b": np.array([[0.0, 4.0]])}
     assert clip_grad_norm(g, 10.0) == pytest.approx(5.0)
     np.testing.assert_array_equal(g["a"], [3.0, 0.0])               # under the limit: untouched
+
+
+def test_adamw_by_slices_equals_adamw_on_whole_arrays(monkeypatch):
+    rng = np.random.default_rng(0)
+    p = {"w": rng.standard_normal((9, 7)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    g = {k: rng.standard_normal(a.shape).astype(np.float32) for k, a in p.items()}
+    whole, sliced = {k: a.copy() for k, a in p.items()}, {k: a.copy() for k, a in p.items()}
+    opt = AdamW(whole, weight_decay=0.1)
+    for _ in range(3):
+        opt.step(whole, g, 1e-2)
+    monkeypatch.setattr(layers, "CACHE_SLICE", 4)   # 63 numbers: 16 slices
+    opt = AdamW(sliced, weight_decay=0.1)
+    for _ in range(3):
+        opt.step(sliced, g, 1e-2)
+    for k in p:
+        np.testing.assert_array_equal(sliced[k], whole[k])
+
+
+def test_global_norm_by_slices_is_the_float64_norm(monkeypatch):
+    rng = np.random.default_rng(1)
+    grads = {"a": rng.standard_normal((300, 70)).astype(np.float32), "b": rng.standard_normal(33).astype(np.float32)}
+    exact = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    monkeypatch.setattr(layers, "CACHE_SLICE", 1000)   # 22 slices of the first gradient
+    assert global_norm(grads) == pytest.approx(exact, rel=1e-6)

@@ -252,18 +252,20 @@ def test_nan_loss_stops_with_a_message_naming_the_step_and_keeps_the_checkpoint(
     out = tmp_path / "out"
     r = run_module("picogpt.train", "--data", text, "--out", out, "--model", "gpt2-micro", "--n-embd", 32, "--block-size", 16,
             "--batch-size", 4, "--steps", 30, "--lr", 1e6, "--grad-clip", 0, "--warmup-steps", 0,
-            "--log-interval", 1, "--eval-interval", 2, "--eval-batches", 1, "--device", "cpu")
+            "--log-interval", 1, "--eval-interval", 1, "--eval-batches", 1, "--device", "cpu")
     error = assert_clean_error(r, "step", "checkpoint")
     losses, _ = read_log(out / "log.jsonl")
     last_good = max(losses)
     assert all(math.isfinite(v) for v in losses.values())
     # The step the message names is the one that went bad, counted as the log and the progress
-    # lines count (from 1): the step after the last one logged.
-    assert f"step {last_good + 1}:" in error or f"step {last_good + 1} " in error, (error, last_good)
+    # lines count (from 1): a training loss, the step after the last one logged; an evaluation
+    # loss, the step it evaluates (the last one logged: its update is the one that blew up).
+    bad = last_good if "evaluation loss" in error else last_good + 1
+    assert f"step {bad}:" in error or f"step {bad} " in error, (error, last_good)
     # The checkpoint from before is there and loads.
     ckpt = out / "checkpoint.safetensors"
     _, meta, _ = safetensors.read_header(ckpt)
-    assert 2 <= int(meta["step"]) <= last_good
+    assert 1 <= int(meta["step"]) <= last_good
     assert all(np.isfinite(a).all() for a in safetensors.load(ckpt).values())
     picogpt.load_model(out)
 
