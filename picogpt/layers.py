@@ -55,6 +55,13 @@ def cache_slices(xp, n):
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
+def row_slices(xp, n_rows, row_len):
+    """cache_slices for row-wise work (a softmax, a normalisation) on (n_rows, row_len) arrays:
+    ranges of whole rows, about CACHE_SLICE numbers each (at least one row)."""
+    rows = max(1, CACHE_SLICE // max(row_len, 1)) if xp.__name__ == "numpy" else max(n_rows, 1)
+    return [(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+
+
 # --- token and position embedding ---------------------------------------------------------
 
 def embedding_forward(ids, W):
@@ -561,16 +568,19 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None, nee
         rows, tgt, wc = xp.arange(stop - start), safe[start:stop], w[start:stop]
         xc, z = x[start:stop], buf[:stop - start]
         xp.matmul(xc, W.T, out=z)                                     # logits
-        z -= z.max(axis=-1, keepdims=True)
-        z_target = z[rows, tgt]
-        xp.exp(z, out=z)
-        total = z.sum(axis=-1)
+        z_target, total = xp.empty(stop - start, dtype=x.dtype), xp.empty(stop - start, dtype=x.dtype)
+        for a, b in row_slices(xp, stop - start, V):   # a few rows at a time, their passes in cache
+            zs = z[a:b]
+            zs -= zs.max(axis=-1, keepdims=True)
+            z_target[a:b] = zs[rows[:b - a], tgt[a:b]]
+            xp.exp(zs, out=zs)
+            total[a:b] = zs.sum(axis=-1)
+            if need_dx or need_dW:
+                zs *= (wc[a:b] / total[a:b])[:, None]                 # probabilities * weight
         loss += ((xp.log(total) - z_target) * wc).sum()
         if not (need_dx or need_dW):
             continue
-        z /= total[:, None]                                           # probabilities
-        z[rows, tgt] -= 1.0
-        z *= wc[:, None]                                              # dlogits
+        z[rows, tgt] -= wc                                            # dlogits = (p - onehot) * weight
         if need_dx:
             xp.matmul(z, W, out=dx[start:stop])
         if need_dW:
