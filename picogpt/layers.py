@@ -444,7 +444,8 @@ def causal_attention_forward(q, k, v, rows=None):
 
     q, k, v (B, H, T, D) -> out (B, H, T, D). Queries s..e-1 may see keys 0..e-1 only, so each
     block of queries is scored against those keys alone: the scores above the diagonal, which
-    the mask would set to -inf, are never computed (at T = 4 * rows, 10 of 16 score blocks are).
+    the mask would set to -inf, are never computed (at T = 4 * rows, 10 of the 16 blocks of
+    scores are computed).
     The maths per block is attention_forward's: softmax(q k^T / sqrt(D), masked) v.
     """
     xp = get_array_module(q)
