@@ -162,6 +162,19 @@ def test_causal_attention_by_blocks_equals_attention_with_the_causal_mask(xp, B,
         assert_float32_close(asnumpy(g), asnumpy(w), max(size, float(abs(asnumpy(w)).max())))
 
 
+def test_gelu_exact_in_place_equals_its_plain_form(monkeypatch):
+    x = np.concatenate([[0.0, -0.0, 1e-8, -40.0, 40.0], normal(np, 5, (200,), 3.0)])   # 0, tails, typical
+    e, de = L._erf_parts(x * math.sqrt(0.5))                  # the plain form of the docstring
+    phi = 0.5 * (1.0 + e)
+    out, d = L.gelu_exact_forward(x)
+    np.testing.assert_allclose(out, x * phi, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(d, phi + 0.5 * x * de * math.sqrt(0.5), rtol=1e-13, atol=1e-15)
+    monkeypatch.setattr(L, "CACHE_SLICE", 16)                 # 205 numbers: 13 slices, the last one short
+    sliced, d_sliced = L.gelu_exact_forward(x)
+    np.testing.assert_array_equal(sliced, out)
+    np.testing.assert_array_equal(d_sliced, d)
+
+
 def test_sliced_gelu_equals_gelu_in_one_piece(monkeypatch):
     x, dout = normal(np, 0, (3, 5, 7), 3.0, dtype=np.float32), normal(np, 1, (3, 5, 7), dtype=np.float32)
     whole, cache = L.gelu_forward(x)
