@@ -48,7 +48,7 @@ import numpy as np
 from . import __version__
 from .backend import asnumpy, get_array_module, make_rng, xp_for
 from .errors import PicoGPTError
-from .optim import adamw_update, decays
+from .optim import adamw_update, decays, sum_of_squares
 
 # Variables that MPI launchers (MPICH/Hydra, Open MPI, PMIx, Intel MPI) set in every rank.
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALRANKID")
@@ -376,6 +376,10 @@ class GradientSum:
         self.layout = layout
         self.buf = xp.zeros(layout.padded, dtype=dtype)
         self.views = layout.unflatten(self.buf)
+        self.reset()
+
+    def reset(self):
+        """Start a new sum in the same buffer (the trainer keeps one: no fresh memory every step)."""
         self.loss, self.count, self.empty = 0.0, 0, True
 
     def add(self, grads, loss, count):
@@ -397,6 +401,8 @@ class GradientSum:
         """(mean loss, global token count, gradient): the gradient is the whole flat buffer
         averaged (all-reduce), or with scatter=True this rank's averaged slice of it (reduce-scatter)."""
         loss, count = world.sum([self.loss, self.count])
+        if self.empty:              # no gradient was added (a skipped float16 step): the sum is zero
+            self.buf.fill(0)
         grad = world.reduce_scatter(self.buf) if scatter else world.allreduce(self.buf)
         grad /= max(count, 1.0)
         return float(loss / max(count, 1.0)), int(count), grad
@@ -468,7 +474,7 @@ def clip_flat(grad, max_norm, world=None):
     accurate one: NumPy sums a contiguous 1-D array pairwise, while summing a (V, C) matrix runs
     down its V rows one by one in float32, which can be off in the 6th digit.
     """
-    squares = float((grad * grad).sum())
+    squares = float(sum_of_squares(grad))
     norm = float(np.sqrt(world.sum([squares])[0] if world is not None else squares))
     scale = max_norm / (norm + 1e-6)
     if scale < 1.0:

@@ -264,6 +264,7 @@ class Trainer:
                 self.trainable.append(H.SCORE)
         # every trainable gradient end to end in one buffer: one all-reduce per step (parallel.py)
         self.layout = P.FlatLayout.of(self.model.params, self.trainable, self.world.size)
+        self._grads = None                                     # its GradientSum, made at the first step
         if cfg.zero:
             self.opt = P.ZeroAdamW(self.world, self.model.params, self.trainable, cfg.weight_decay, (cfg.beta1, cfg.beta2))
         else:
@@ -485,7 +486,10 @@ class Trainer:
         s = self.step_num
         batch_rng = np.random.default_rng([cfg.seed, 0, s])   # the step's global batch, the same on every rank
         wanted = set(self.trainable)
-        acc = P.GradientSum(self.layout, xp, model.dtype)     # targets scored x mean gradient, summed
+        if self._grads is None:                               # one buffer for every step's gradient
+            self._grads = P.GradientSum(self.layout, xp, model.dtype)
+        acc = self._grads                                     # targets scored x mean gradient, summed
+        acc.reset()
         t0 = time.perf_counter()
         tokens, overflow = 0, False
         for micro in range(cfg.grad_accum):

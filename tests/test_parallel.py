@@ -106,6 +106,25 @@ def test_gradient_sum_weights_micro_batches_by_their_token_counts():
         np.testing.assert_allclose(view, (3 * g1[k] + g2[k]) / 4, rtol=1e-6)
 
 
+def test_gradient_sum_reset_reuses_its_buffer_and_starts_from_zero():
+    params = random_params()
+    layout = P.FlatLayout.of(params)
+    acc = P.GradientSum(layout, np, np.float32)
+    acc.add(random_params(1), 2.0, 3)
+    acc.reduce(P.World())
+    buf = acc.buf
+    acc.reset()                                    # the next step: only its own micro-batch counts
+    acc.add(random_params(2), 4.0, 2)
+    loss, count, grad = acc.reduce(P.World())
+    assert acc.buf is buf and count == 2 and loss == pytest.approx(4.0)
+    for k, view in layout.unflatten(grad).items():
+        np.testing.assert_allclose(view, random_params(2)[k], rtol=1e-6)
+    acc.reset()
+    acc.add(None, 1.0, 5)                          # a skipped (overflowed) micro-batch: no gradient
+    _, _, grad = acc.reduce(P.World())
+    assert not grad.any()
+
+
 def test_clip_flat_equals_clip_grad_norm_with_the_norm_summed_in_float64():
     g = random_params(3)
     flat = P.flatten(g)
