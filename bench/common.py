@@ -10,7 +10,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,6 +99,24 @@ def interleaved(fns, repeats=5, warmup=1):
             times[name]["wall"].append(time.perf_counter() - w0)
             times[name]["cpu"].append(time.process_time() - c0)
     return times
+
+
+def run_alone(script, argv):
+    """Run `script` with `argv` (plus --json) in a child process; return its result rows.
+
+    Benchmarks run each configuration in a fresh interpreter: a second model in the same process
+    runs at a different speed than the first (measured: the second of two identical char training
+    runs favoured picogpt, 0.87 -> 1.27), so only the table is gathered in the parent.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.jsonl"
+        subprocess.run([sys.executable, str(script), *map(str, argv), "--json", str(out)], check=True,
+                       stdout=subprocess.DEVNULL)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:
+        row.pop("bench", None), row.pop("machine", None)
+        print(row, flush=True)
+    return rows
 
 
 def summary(seconds):

@@ -5,6 +5,7 @@ batch 1 and batch 16. When torch and transformers are installed, GPT2LMHeadModel
 in the same process, interleaved with picogpt call by call (eager PyTorch, its default
 attention), with the same BLAS / OpenMP threads (--threads, default 1). The table gives the
 median and range over the repeats and the ratio of the two times (>= 1: picogpt is faster).
+Each batch size runs in a fresh process (common.run_alone).
 
 At batch 1 a decode step reads every weight once, so memory bandwidth bounds it. The benchmark
 measures this machine's read bandwidth (summing a 1 GB array on the same threads) and reports
@@ -22,8 +23,8 @@ import argparse
 import statistics
 import time
 
-from common import (add_threads_arg, gpu_available, hf_peer, interleaved, ratios, report, summary, torch_sync,
-                    xp_sync)
+from common import (add_threads_arg, gpu_available, hf_peer, interleaved, ratios, report, run_alone, summary,
+                    torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -88,34 +89,41 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="float16: GPU only")
     p.add_argument("--no-peer", action="store_true", help="skip transformers even if installed")
     p.add_argument("--json", default=None, help="append the results to this JSON-lines file")
+    p.add_argument("--bandwidth", type=float, default=None, help=argparse.SUPPRESS)   # GB/s, from the parent run
     add_threads_arg(p)
     args = p.parse_args()
     devices = args.device or (["cpu", "gpu"] if gpu_available() else ["cpu"])
     config = get_config(args.model)
     set_tf32(False)
-    bandwidth = read_bandwidth() if "cpu" in devices else None
+    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else read_bandwidth()) if "cpu" in devices else None
+    runs = [(device, batch) for device in devices for batch in args.batch]
     rows = []
-    for device in devices:
-        for batch in args.batch:
-            shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
-            sides = {"picogpt": picogpt_run(*shape)}
-            peer = None if args.no_peer else transformers_run(*shape)
-            if peer is not None:
-                sides["transformers"] = peer
-            t = interleaved(sides, args.repeats)
-            ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
-            tokens = batch * args.new_tokens
-            row = {"device": device, "dtype": args.dtype, "batch": batch, "picogpt run": summary(ours),
-                   "picogpt tok/s": tokens / statistics.median(ours),
-                   "transformers run": summary(theirs) if theirs else None,
-                   "transformers tok/s": tokens / statistics.median(theirs) if theirs else None,
-                   "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
-            if device == "cpu" and batch == 1:
-                per_token = statistics.median(ours) / args.new_tokens
-                weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
-                row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
-            rows.append(row)
-            print(row, flush=True)
+    if len(runs) > 1:   # one process per device and batch (common.run_alone says why)
+        for device, batch in runs:
+            rows += run_alone(__file__, ["--device", device, "--batch", batch, "--prompt-len", args.prompt_len,
+                                         "--new-tokens", args.new_tokens, "--repeats", args.repeats, "--model", args.model,
+                                         "--dtype", args.dtype, "--threads", args.threads]
+                              + (["--bandwidth", bandwidth / 1e9] if bandwidth else []) + (["--no-peer"] if args.no_peer else []))
+    for device, batch in runs if len(runs) == 1 else []:
+        shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
+        sides = {"picogpt": picogpt_run(*shape)}
+        peer = None if args.no_peer else transformers_run(*shape)
+        if peer is not None:
+            sides["transformers"] = peer
+        t = interleaved(sides, args.repeats)
+        ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
+        tokens = batch * args.new_tokens
+        row = {"device": device, "dtype": args.dtype, "batch": batch, "picogpt run": summary(ours),
+               "picogpt tok/s": tokens / statistics.median(ours),
+               "transformers run": summary(theirs) if theirs else None,
+               "transformers tok/s": tokens / statistics.median(theirs) if theirs else None,
+               "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
+        if device == "cpu" and batch == 1:
+            per_token = statistics.median(ours) / args.new_tokens
+            weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
+            row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
+        rows.append(row)
+        print(row, flush=True)
     title = (f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, "
              f"{args.threads} thread(s); median (min-max) of {args.repeats} interleaved runs; "
              f"ratio = transformers time / picogpt time")

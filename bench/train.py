@@ -5,8 +5,8 @@ clipping, update). The peer is written below: a small torch model built as nanoG
 its GPT (torch Linear / LayerNorm / GELU(tanh) / fused scaled_dot_product_attention, the LM
 head tied to wte, cross-entropy on the logits) with nanoGPT's optimizer (torch AdamW,
 decay on matrices only, fused only on CUDA) and step (clip_grad_norm_ 1.0, zero_grad). Both
-run in the same process with the same BLAS / OpenMP threads (--threads, default 1), one
-step each in turn; the table gives the median and range over the repeats and the ratio
+run in the same process (a fresh one for each shape) with the same BLAS / OpenMP threads
+(--threads, default 1), one step each in turn; the table gives the median and range over the repeats and the ratio
 peer time / picogpt time (>= 1.0: picogpt is at least as fast). On the CPU with torch installed,
 the same run also times the step's matrix products alone in NumPy and in torch (`BLAS ratio`,
 torch / NumPy): NumPy's OpenBLAS against torch's own BLAS, the ceiling of a step made of them.
@@ -17,14 +17,14 @@ torch / NumPy): NumPy's OpenBLAS against torch's own BLAS, the ceiling of a step
     python bench/train.py --peer transformers           # transformers' GPT2LMHeadModel instead
 
 Shapes: char = nanoGPT's CPU character recipe (4 layers, 4 heads, 128 wide, batch 12 x 64,
-vocabulary 65); baby = its "baby GPT" (6/6/384, 12 x 256, vocabulary 65); gpt2 = GPT-2 124M
+vocabulary 65; char-recipe: the same with nanoGPT's bias=False and exact GELU, on both sides); baby = its "baby GPT" (6/6/384, 12 x 256, vocabulary 65); gpt2 = GPT-2 124M
 at 4 x 128; gpt2-1024 = GPT-2 124M at 16 x 1024 (the GPU shape).
 """
 
 import argparse
 
-from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, ratios, report, summary,
-                    torch_sync, xp_sync)
+from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, ratios, report, run_alone,
+                    summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -34,6 +34,8 @@ from picogpt.optim import AdamW, clip_grad_norm
 
 SHAPES = {  # name -> (config, batch, block)
     "char": (GPT2Config(n_layer=4, n_head=4, n_embd=128, n_ctx=64, vocab_size=65), 12, 64),
+    # the same with nanoGPT's own model options, as its recipe runs: no biases, the exact GELU
+    "char-recipe": (GPT2Config(n_layer=4, n_head=4, n_embd=128, n_ctx=64, vocab_size=65, bias=False, gelu="exact"), 12, 64),
     "baby": (GPT2Config(n_layer=6, n_head=6, n_embd=384, n_ctx=256, vocab_size=65), 12, 256),
     "gpt2": (GPT2Config(), 4, 128),
     "gpt2-1024": (GPT2Config(), 16, 1024),
@@ -67,7 +69,7 @@ def nanogpt_model(torch, config):
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C, bias=config.bias), nn.Linear(C, C, bias=config.bias)
 
         def forward(self, x):
             B, T, _ = x.size()
@@ -78,8 +80,9 @@ def nanogpt_model(torch, config):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), Attention(), nn.LayerNorm(C)
-            self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(approximate="tanh"), nn.Linear(4 * C, C))
+            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C, bias=config.bias), Attention(), nn.LayerNorm(C, bias=config.bias)
+            gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+            self.mlp = nn.Sequential(nn.Linear(C, 4 * C, bias=config.bias), gelu, nn.Linear(4 * C, C, bias=config.bias))
 
         def forward(self, x):
             x = x + self.attn(self.ln_1(x))
@@ -90,7 +93,7 @@ def nanogpt_model(torch, config):
             super().__init__()
             self.wte, self.wpe = nn.Embedding(config.vocab_size, C), nn.Embedding(config.n_ctx, C)
             self.h = nn.ModuleList(Block() for _ in range(config.n_layer))
-            self.ln_f = nn.LayerNorm(C)
+            self.ln_f = nn.LayerNorm(C, bias=config.bias)
             self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
             self.lm_head.weight = self.wte.weight                               # tied, as nanoGPT
             for name, p in self.named_parameters():                              # nanoGPT's init
@@ -198,8 +201,14 @@ def main():
     add_threads_arg(p)
     args = p.parse_args()
     gpu = args.device == "gpu"
+    shapes = args.shapes or (["gpt2-1024"] if gpu else ["char", "baby", "gpt2"])
     rows = []
-    for shape in args.shapes or (["gpt2-1024"] if gpu else ["char", "baby", "gpt2"]):
+    if len(shapes) > 1:   # one process per shape (common.run_alone says why)
+        for shape in shapes:
+            rows += run_alone(__file__, ["--shapes", shape, "--device", args.device, "--peer", args.peer,
+                                         "--repeats", args.repeats, "--threads", args.threads]
+                              + (["--modes", *args.modes] if args.modes else []) + (["--no-peer"] if args.no_peer else []))
+    for shape in shapes if len(shapes) == 1 else []:
         config, batch, block = SHAPES[shape]
         for mode in args.modes or (["float32", "tf32"] if gpu else ["float32"]):
             set_tf32(mode == "tf32")
