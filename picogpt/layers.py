@@ -44,22 +44,22 @@ def keep_freed_memory():
 CACHE_SLICE = 1 << 16   # numbers per slice: a few slices of 256 KB stay in a core's L2 cache
 
 
-def cache_slices(xp, n):
-    """Ranges (a, b) that cover 0..n-1, for a chain of elementwise passes over flat arrays.
+def cache_slices(xp, n, row_len=1):
+    """Ranges (a, b) that cover rows 0..n-1 of row_len numbers each (flat arrays: row_len 1),
+    for a chain of elementwise or row-wise passes (a softmax, a normalisation).
 
     On the CPU each pass over a large array streams it from memory; run the whole chain on one
-    slice of CACHE_SLICE numbers at a time and only the first pass does (the rest find the
-    slice in cache). On a GPU every pass is a kernel launch: there it is one range, everything.
+    slice of about CACHE_SLICE numbers (whole rows, at least one) at a time and only the first
+    pass does (the rest find the slice in cache). On a GPU every pass is a kernel launch: there
+    it is one range, everything.
     """
-    step = CACHE_SLICE if xp.__name__ == "numpy" else max(n, 1)
+    step = max(1, CACHE_SLICE // max(row_len, 1)) if xp.__name__ == "numpy" else max(n, 1)
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def row_slices(xp, n_rows, row_len):
-    """cache_slices for row-wise work (a softmax, a normalisation) on (n_rows, row_len) arrays:
-    ranges of whole rows, about CACHE_SLICE numbers each (at least one row)."""
-    rows = max(1, CACHE_SLICE // max(row_len, 1)) if xp.__name__ == "numpy" else max(n_rows, 1)
-    return [(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+def slice_scratch(xp, slices, dtype):
+    """An empty array as long as the longest of `slices` (the first): scratch for any one of them."""
+    return xp.empty(slices[0][1] if slices else 0, dtype=dtype)
 
 
 # --- token and position embedding ---------------------------------------------------------
@@ -227,7 +227,7 @@ def gelu_backward(dout, cache):
     xp = get_array_module(x)
     dout = xp.ascontiguousarray(dout)
     slices = cache_slices(xp, x.size)        # the 11 passes slice by slice, in cache (CPU)
-    g, s = xp.empty_like(x), xp.empty(slices[0][1] if slices else 0, dtype=x.dtype)   # s: one slice
+    g, s = xp.empty_like(x), slice_scratch(xp, slices, x.dtype)
     xf, tf, df, gf = x.reshape(-1), t.reshape(-1), dout.reshape(-1), g.reshape(-1)
     for a, b in slices:
         xs, ts, gs, ss = xf[a:b], tf[a:b], gf[a:b], s[:b - a]
@@ -300,7 +300,7 @@ def gelu_exact_forward(x):
     out, d = xp.empty_like(x), xp.empty_like(x)
     xf, of, df = x.reshape(-1), out.reshape(-1), d.reshape(-1)
     slices = cache_slices(xp, x.size)
-    a, t, P, dP, e = (xp.empty(slices[0][1] if slices else 0, dtype=x.dtype) for _ in range(5))
+    a, t, P, dP, e = (slice_scratch(xp, slices, x.dtype) for _ in range(5))
     for lo, hi in slices:
         xs, n = xf[lo:hi], hi - lo
         a_, t_, P_, dP_, e_ = a[:n], t[:n], P[:n], dP[:n], e[:n]
@@ -614,7 +614,7 @@ def lm_head_cross_entropy(x, W, targets, ignore_index=-100, chunk_rows=None, nee
         xc, z = x[start:stop], buf[:stop - start]
         xp.matmul(xc, W.T, out=z)                                     # logits
         z_target, total = xp.empty(stop - start, dtype=x.dtype), xp.empty(stop - start, dtype=x.dtype)
-        for a, b in row_slices(xp, stop - start, V):   # a few rows at a time, their passes in cache
+        for a, b in cache_slices(xp, stop - start, V):   # a few rows at a time, their passes in cache
             zs = z[a:b]
             zs -= zs.max(axis=-1, keepdims=True)
             z_target[a:b] = zs[rows[:b - a], tgt[a:b]]

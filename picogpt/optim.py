@@ -7,7 +7,7 @@ import math
 
 from .backend import get_array_module
 from .errors import PicoGPTError
-from .layers import cache_slices, keep_freed_memory
+from .layers import cache_slices, keep_freed_memory, slice_scratch
 
 
 def decays(param):
@@ -79,7 +79,7 @@ def adamw_update(p, g, m, v, lr, t, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-
     p, g, m, v = (a.reshape(-1) for a in (p, g, m, v))
     decay = None if decay is None else decay.reshape(-1)
     slices = cache_slices(xp, p.size)
-    s = xp.empty(slices[0][1] if slices else 0, dtype=p.dtype)   # scratch for one slice
+    s = slice_scratch(xp, slices, p.dtype)
     for a, b in slices:
         _adamw_formulas(xp, p[a:b], g[a:b], m[a:b], v[a:b], shrink, None if decay is None else decay[a:b],
                         b1, b2, c1, c2, lr, eps, s[:b - a])
@@ -132,7 +132,7 @@ def sum_of_squares(a):
         # BLAS dot is not), the slices' sums added in float64; no temporary the size of a, and
         # ~25% faster than casting every number to float64 as the form below does
         slices = cache_slices(xp, flat.size)
-        sq, total = xp.empty(slices[0][1] if slices else 0, dtype=flat.dtype), 0.0
+        sq, total = slice_scratch(xp, slices, flat.dtype), 0.0
         for lo, hi in slices:
             s = xp.multiply(flat[lo:hi], flat[lo:hi], out=sq[:hi - lo])
             total += float(s.sum())
