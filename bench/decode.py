@@ -8,7 +8,7 @@ median and range over the repeats and the ratio of the two times (>= 1: picogpt 
 Each batch size runs in a fresh process (common.run_alone).
 
 At batch 1 a decode step reads every weight once, so memory bandwidth bounds it. The benchmark
-measures this machine's read bandwidth (summing a 1 GB array on the same threads) and reports
+measures this machine's read bandwidth (a 1 GB array summed in parts, one per thread) and reports
 the fraction of it that picogpt's batch-1 decode reaches: (bytes of weights read per token /
 seconds per token) / bandwidth.
 
@@ -22,6 +22,7 @@ Goals picogpt sets itself: CPU >= 1.5x transformers at batch 1 and 16; GPU batch
 import argparse
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from common import (add_threads_arg, gpu_available, hf_peer, interleaved, ratios, report, run_alone, summary,
                     torch_sync, xp_sync)
@@ -58,16 +59,21 @@ def transformers_run(config, device, batch, prompt_len, new, dtype):
     return run, torch_sync(torch, tdev)
 
 
-def read_bandwidth(gigabytes=1.0, repeats=5):
-    """Bytes per second at which this process reads a large float32 array (median of `repeats`
-    sums of `gigabytes` GB: far larger than any cache, so it is memory's speed)."""
+def read_bandwidth(threads, gigabytes=1.0, repeats=5):
+    """Bytes per second at which this process reads a large float32 array with `threads` threads
+    (median of `repeats` sums of `gigabytes` GB: far larger than any cache, so it is memory's
+    speed). NumPy's sum uses one core, so each thread sums its own part (NumPy lets go of the
+    GIL while it sums): one core alone cannot draw all of a machine's bandwidth, and the decode
+    it is compared with reads the weights on `threads` BLAS threads."""
     a = np.ones(int(gigabytes * 2**30) // 4, dtype=np.float32)
-    a.sum()                                             # fault the pages in before timing
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a.sum()
-        seconds.append(time.perf_counter() - t0)
+    parts = np.array_split(a, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.sum, parts))                   # fault the pages in before timing
+        seconds = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            seconds.append(time.perf_counter() - t0)
     return a.nbytes / statistics.median(seconds)
 
 
@@ -95,7 +101,7 @@ def main():
     devices = args.device or (["cpu", "gpu"] if gpu_available() else ["cpu"])
     config = get_config(args.model)
     set_tf32(False)
-    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else read_bandwidth()) if "cpu" in devices else None
+    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else read_bandwidth(args.threads)) if "cpu" in devices else None
     runs = [(device, batch) for device in devices for batch in args.batch]
     rows = []
     if len(runs) > 1:   # one process per device and batch (common.run_alone says why)
@@ -128,7 +134,7 @@ def main():
              f"{args.threads} thread(s); median (min-max) of {args.repeats} interleaved runs; "
              f"ratio = transformers time / picogpt time")
     if bandwidth:
-        title += (f"\nmemory read bandwidth (sum of a 1 GB array, same threads): {bandwidth / 1e9:.1f} GB/s; "
+        title += (f"\nmemory read bandwidth (a 1 GB array summed, one part per thread): {bandwidth / 1e9:.1f} GB/s; "
                   f"weights read per batch-1 token: {weight_bytes_per_token(config, np.dtype(args.dtype).itemsize) / 1e6:.0f} MB")
     report(title, rows, args.json)
 

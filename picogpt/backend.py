@@ -80,18 +80,30 @@ def to_device(x, device, dtype=None):
 
 
 def make_rng(xp, seed=None):
-    """A seeded random Generator of the given array module (NumPy's and CuPy's share `random`)."""
+    """A seeded random Generator of the given array module (NumPy's and CuPy's share `random`'s
+    names, not its numbers: one seed draws other numbers on a GPU, so dropout masks differ there)."""
     return xp.random.default_rng(seed)
 
 
 def scatter_add(a, indices, values):
-    """a[indices] += values, summing repeated indices (NumPy's add.at; CuPy's scatter_add)."""
-    if get_array_module(a) is np:
-        np.add.at(a, indices, values)
-    else:
-        import cupyx
+    """a[indices] += values, summing repeated indices. a (V, ...), indices int (N,), values (N, ...).
 
-        cupyx.scatter_add(a, indices, values)
+    NumPy: add.at, which adds the rows one after another. On the GPU, CuPy's own scatter_add adds
+    them with atomics, in an order that changes from run to run, so GPU training would not repeat
+    itself bit for bit; instead the indices are sorted (stably), each run of equal ones is summed
+    in float64 (add.reduceat), and each sum is added once to its row: the same result every run.
+    """
+    xp = get_array_module(a)
+    if xp is np:
+        np.add.at(a, indices, values)
+        return
+    if indices.size == 0:
+        return
+    order = xp.argsort(indices, kind="stable")
+    idx = indices[order]
+    starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), idx[1:] != idx[:-1]]))
+    sums = xp.add.reduceat(values[order], starts, axis=0, dtype=xp.float64)
+    a[idx[starts]] += sums.astype(a.dtype)
 
 
 def synchronize(xp):

@@ -148,12 +148,13 @@ def top_p_filter(logits, p):
     to at least p; set the rest to -inf. logits (B, V) -> (B, V).
 
     A token is kept when the probability of the tokens strictly more likely than it is < p, so
-    the most likely token always survives.
+    the most likely token always survives. In float64, as `sample`'s CDF, so that the kept set
+    does not depend on the order the device adds in.
     """
     xp = get_array_module(logits)
     if p >= 1.0:
         return logits
-    probs = softmax(logits)
+    probs = softmax(logits.astype(xp.float64))
     sorted_p = -xp.sort(-probs, axis=-1)                           # descending
     before = xp.cumsum(sorted_p, axis=-1) - sorted_p               # mass strictly above each
     n_keep = (before < p).sum(axis=-1)                             # >= 1
@@ -183,12 +184,16 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None):
     temperature 0 is greedy (argmax; top-k and top-p cannot change it). Otherwise draw from
     softmax(logits / temperature) after the filters, by inverse CDF: the first token whose
     cumulative probability exceeds u * total, with u ~ U[0, 1) from the host `rng`.
+
+    The cumulative sum runs in float64: in float32, adding the tail's tiny probabilities to a
+    running total near 1 rounds most of them away, and the GPU's parallel scan rounds them
+    differently from the CPU's loop, so the same u could pick different tokens on the two.
     """
     xp = get_array_module(logits)
     if temperature == 0:
         return xp.argmax(logits, axis=-1)
     z = warp(logits, temperature, top_k, top_p)
-    cdf = xp.cumsum(softmax(z), axis=-1)
+    cdf = xp.cumsum(softmax(z.astype(xp.float64)), axis=-1)
     rng = rng if rng is not None else np.random.default_rng()
     u = xp.asarray(rng.random(z.shape[0]), dtype=cdf.dtype)[:, None] * cdf[:, -1:]
     ids = (cdf <= u).sum(axis=-1)

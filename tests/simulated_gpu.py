@@ -186,7 +186,7 @@ class _Module(types.ModuleType):
 
 
 def install():
-    """Put the simulated `cupy` and `cupyx` in sys.modules (before picogpt is imported)."""
+    """Put the simulated `cupy` in sys.modules (before picogpt is imported)."""
     cupy = _Module("cupy", "a NumPy-backed stand-in for CuPy (tests/simulated_gpu.py)")
     cupy.__version__ = "simulated"
     cupy.random = types.SimpleNamespace(default_rng=_Generator)
@@ -195,7 +195,4 @@ def install():
         Stream=types.SimpleNamespace(null=stream),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"simulated device"}))
-    cupyx = types.ModuleType("cupyx")
-    cupyx.scatter_add = lambda a, indices, values: np.add.at(
-        a._a, _index(indices), _device_operand(values, "cupyx.scatter_add"))
-    sys.modules["cupy"], sys.modules["cupyx"] = cupy, cupyx
+    sys.modules["cupy"] = cupy

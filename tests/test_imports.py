@@ -17,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "picogpt"
 # importing it at the top would make picogpt fail to import where it is absent.
 LAZY = {
     "cupy": "the GPU is optional (the `gpu` extra); CuPy is asked only once a GPU is in use",
-    "cupyx": "the GPU is optional; only a CuPy array reaches CuPy's scatter_add",
     "tiktoken": "the teaching BPE and the exercises work without loading tiktoken's tables",
     "mpi4py": "data parallelism is optional; MPI is loaded only when a run is launched across processes",
     "hypothesis": "optional (the `exercises` extra): listing and showing exercises work without it",

@@ -162,6 +162,16 @@ def test_causal_attention_by_blocks_equals_attention_with_the_causal_mask(xp, B,
         assert_float32_close(asnumpy(g), asnumpy(w), max(size, float(abs(asnumpy(w)).max())))
 
 
+def test_causal_attention_default_blocks_per_device(xp):
+    """Without `rows`: blocks of CAUSAL_ROWS queries on the CPU, of GPU_CAUSAL_ROWS on a GPU."""
+    T = 2 * L.GPU_CAUSAL_ROWS + 3
+    q, k, v = (xp.asarray(normal(np, i, (1, 2, T, 4), dtype=np.float32)) for i in range(3))
+    got, blocks = L.causal_attention_forward(q, k, v)
+    rows = L.CAUSAL_ROWS if xp is np else L.GPU_CAUSAL_ROWS
+    assert [p.shape[-2:] for p in blocks[4]][:2] == [(rows, rows), (rows, 2 * rows)]
+    assert_float32_close(asnumpy(got), asnumpy(L.attention_forward(q, k, v, L.causal_mask(xp, T, T))[0]))
+
+
 def test_gelu_exact_in_place_equals_its_plain_form(monkeypatch):
     x = np.concatenate([[0.0, -0.0, 1e-8, -40.0, 40.0], normal(np, 5, (200,), 3.0)])   # 0, tails, typical
     e, de = L._erf_parts(x * math.sqrt(0.5))                  # the plain form of the docstring
