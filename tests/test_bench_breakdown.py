@@ -1,0 +1,36 @@
+"""bench/breakdown.py, the op-by-op profile, run as a user runs it (a child process, the tiny shape).
+
+Nothing here is timed against anything: the test checks that every op the step runs is found
+and timed, and that the rows add up to the timed run.
+"""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, subprocess_env
+
+
+def breakdown(*args):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "breakdown.py"), "--shape", "tiny", "--steps", "2", *args],
+                       capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    timed = float(re.search(r"with the timers ([\d,.]+) ms", r.stdout).group(1).replace(",", ""))
+    rows = {m.group(1): (float(m.group(2).replace(",", "")), m.group(3))
+            for m in re.finditer(r"^(\w+)\s+([\d,.-]+)\s+-?\d+%\s+(\S+)$", r.stdout, re.M)}
+    return timed, rows
+
+
+@pytest.mark.parametrize("mode", ["train", "decode"])
+def test_breakdown_times_every_op_and_the_rows_add_up(mode):
+    timed, rows = breakdown(*(["--decode", "--batch", "2"] if mode == "decode" else []))
+    if mode == "train":   # the tiny shape's 80-token rows take the blocked causal attention
+        expected = {"linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward", "gelu_forward",
+                    "gelu_backward", "causal_attention_forward", "causal_attention_backward", "lm_head_cross_entropy",
+                    "embedding_forward", "embedding_backward", "adamw_update", "clip_grad_norm"}
+    else:
+        expected = {"linear_forward", "layernorm_forward", "gelu_forward", "attention_forward", "embedding_forward"}
+    assert expected <= set(rows), sorted(rows)
+    assert rows["other"][1] == "-" and all(int(calls) >= 1 for name, (_, calls) in rows.items() if name != "other")
+    assert abs(sum(ms for ms, _ in rows.values()) - timed) <= 0.01 * len(rows) + 1e-6 * timed
