@@ -12,9 +12,21 @@ import pytest
 from helpers import ROOT, subprocess_env
 
 
+# The script run by path, or, for the GPU on the simulated device, with the device installed first.
+DRIVER = """import os, runpy, sys
+if os.environ.get("PICOGPT_SIMULATED_GPU") == "1":
+    sys.path.insert(0, {tests!r})
+    from simulated_gpu import install
+    install()
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def breakdown(*args):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "breakdown.py"), "--shape", "tiny", "--steps", "2", *args],
-                       capture_output=True, text=True, timeout=120, env=subprocess_env())
+    driver = ["-c", DRIVER.format(tests=str(ROOT / "tests"))]
+    r = subprocess.run([sys.executable, *driver, str(ROOT / "bench" / "breakdown.py"), "--shape", "tiny", "--steps", "2",
+                        *args], capture_output=True, text=True, timeout=120, cwd=ROOT / "bench", env=subprocess_env())
     assert r.returncode == 0, r.stderr[-3000:]
     timed = float(re.search(r"with the timers ([\d,.]+) ms", r.stdout).group(1).replace(",", ""))
     rows = {m.group(1): (float(m.group(2).replace(",", "")), m.group(3))
@@ -22,9 +34,10 @@ def breakdown(*args):
     return timed, rows
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("mode", ["train", "decode"])
-def test_breakdown_times_every_op_and_the_rows_add_up(mode):
-    timed, rows = breakdown(*(["--decode", "--batch", "2"] if mode == "decode" else []))
+def test_breakdown_times_every_op_and_the_rows_add_up(mode, device):
+    timed, rows = breakdown("--device", device, *(["--decode", "--batch", "2"] if mode == "decode" else []))
     if mode == "train":   # the tiny shape's 80-token rows take the blocked causal attention
         expected = {"linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward", "gelu_forward",
                     "gelu_backward", "causal_attention_forward", "causal_attention_backward", "lm_head_cross_entropy",
