@@ -318,7 +318,8 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
     drop = config.dropout if rng is not None else 0.0
 
     tok, caches.wte = L.embedding_forward(ids, params["wte.weight"])
-    posv, caches.wpe = L.embedding_forward(xp.broadcast_to(pos, (B, T)), params["wpe.weight"])
+    # without padding every row has the same positions: one (T, C) lookup, added to each row
+    posv, caches.wpe = L.embedding_forward(pos, params["wpe.weight"])
     x, caches.drop = L.dropout_forward(tok + posv, drop, rng)
     for i in range(config.n_layer):
         x, c = block_forward(params, i, x, config, mask, kv, rng, lora_scale, prefix and prefix[i])
@@ -363,7 +364,9 @@ def backward_hidden(dx, caches, config, wanted, dwte_head=None):
     # x = wte[ids] + wpe[pos]: the add hands dx to both lookups.
     dtok, dpos = L.residual_backward(dx)
     if "wpe.weight" in wanted:
-        grads["wpe.weight"] = L.embedding_backward(dpos, caches.wpe)
+        # positions shared by every row (pos (T,), no padding) get the sum of the rows' gradients
+        shared = caches.wpe[0].ndim == 1
+        grads["wpe.weight"] = L.embedding_backward(dpos.sum(axis=0) if shared else dpos, caches.wpe)
     if "wte.weight" in wanted:
         # the lookup's share is scattered straight into the LM head's (V, C) gradient, if any
         grads["wte.weight"] = L.embedding_backward(dtok, caches.wte, into=dwte_head)
