@@ -185,6 +185,24 @@ def test_gelu_exact_in_place_equals_its_plain_form(monkeypatch):
     np.testing.assert_array_equal(d_sliced, d)
 
 
+def test_gelu_exact_below_float64_keeps_the_true_derivative(monkeypatch):
+    """float32: the value as in float64 (to float32 rounding), the derivative the true one,
+    Phi(x) + x phi(x) (torch's), not that of the erf approximation (float64's, for gradcheck)."""
+    x64 = np.concatenate([[0.0, -0.0, 1e-8, -40.0, 40.0], normal(np, 6, (400,), 3.0)])
+    x = x64.astype(np.float32)
+    out, d = L.gelu_exact_forward(x)
+    assert out.dtype == d.dtype == np.float32
+    xs = x.astype(np.float64)
+    phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in xs])
+    true_d = phi + xs * np.exp(-xs * xs / 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(out, L.gelu_exact_forward(xs)[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(d, true_d, rtol=0, atol=3e-7)      # erf within 1.5e-7, float32 rounding
+    own = L.gelu_exact_forward(xs)[1]                             # float64: the approximation's own
+    assert 1e-8 < np.abs(own - true_d).max() < 1e-5               # not the same function, close to it
+    monkeypatch.setattr(L, "CACHE_SLICE", 16)
+    np.testing.assert_array_equal(L.gelu_exact_forward(x)[1], d)
+
+
 def test_sliced_gelu_equals_gelu_in_one_piece(monkeypatch):
     x, dout = normal(np, 0, (3, 5, 7), 3.0, dtype=np.float32), normal(np, 1, (3, 5, 7), dtype=np.float32)
     whole, cache = L.gelu_forward(x)
