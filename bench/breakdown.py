@@ -24,16 +24,14 @@ import time
 import types
 
 from common import add_threads_arg, machine
-import numpy as np
+import decode as bench_decode
 import train as bench_train
 
 from picogpt import layers as L
 from picogpt import model as M
 from picogpt import optim as O
 from picogpt.backend import synchronize, xp_for
-from picogpt.config import GPT2Config, get_config
-from picogpt.generation import generate
-from picogpt.model import GPT2, init_params
+from picogpt.config import GPT2Config
 
 SHAPES = {**bench_train.SHAPES,
           "tiny": (GPT2Config(n_layer=2, n_head=2, n_embd=32, n_ctx=80, vocab_size=50), 2, 80)}
@@ -96,16 +94,10 @@ def training_step(shape, device):
 
 
 def decode_step(shape, batch, device, prompt_len=16, new_tokens=32):
-    config = get_config("gpt2") if shape == "gpt2" else SHAPES[shape][0]
-    xp = xp_for(device)
-    model = GPT2(config, init_params(config, xp, np.float32, seed=0), device=device)
-    prompt = np.random.default_rng(0).integers(0, config.vocab_size, (batch, prompt_len))
-
-    def step():
-        generate(model, prompt, new_tokens, temperature=0.0, stop_at_eot=False)
-
-    return step, lambda: synchronize(xp), (f"{shape}: decode, {config.n_layer} layers x {config.n_embd} wide, batch {batch}, "
-                                           f"prompt {prompt_len}, {new_tokens} new tokens per run")
+    config = SHAPES[shape][0]
+    step, sync = bench_decode.picogpt_run(config, device, batch, prompt_len, new_tokens, "float32")
+    return step, sync, (f"{shape}: decode, {config.n_layer} layers x {config.n_embd} wide, batch {batch}, "
+                        f"prompt {prompt_len}, {new_tokens} new tokens per run")
 
 
 def main(argv=None):

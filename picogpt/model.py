@@ -309,7 +309,7 @@ def forward(params, config, ids, kv=None, rng=None, lora_scale=1.0, last_only=Fa
                  done (the memory of one block, not all); `backward` then cannot run.
     """
     xp = get_array_module(params["wte.weight"])
-    B, T = ids.shape
+    T = ids.shape[1]
     caches = ForwardCache()
     prefix, caches.prefix = PX.prefix_forward(params, config) if kv is None else (None, None)
     start = kv.length if kv is not None else PX.prefix_length(params)
