@@ -109,6 +109,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed runs, after one warm-up")
     add_threads_arg(p)
     args = p.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        p.error(f"--steps and --batch must be at least 1, got {args.steps} and {args.batch}.")
     if args.decode:
         step, sync, title = decode_step(args.shape or "gpt2", args.batch, args.device)
     else:

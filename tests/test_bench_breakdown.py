@@ -47,3 +47,12 @@ def test_breakdown_times_every_op_and_the_rows_add_up(mode, device):
     assert expected <= set(rows), sorted(rows)
     assert rows["other"][1] == "-" and all(int(calls) >= 1 for name, (_, calls) in rows.items() if name != "other")
     assert abs(sum(ms for ms, _ in rows.values()) - timed) <= 0.01 * len(rows) + 1e-6 * timed
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch"])
+def test_breakdown_refuses_a_count_below_one_in_one_sentence(flag):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "breakdown.py"), flag, "0"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT / "bench", env=subprocess_env())
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("--steps and --batch must be at least 1, got "
+                                                       + ("0 and 1." if flag == "--steps" else "5 and 0."))
