@@ -84,6 +84,29 @@ def weight_bytes_per_token(config, itemsize):
     return (config.num_params() - (config.n_ctx - 1) * config.n_embd) * itemsize
 
 
+def measure(device, batch, config, bandwidth, args):
+    """Time picogpt and transformers decoding at one device and batch size, in this process: one row."""
+    shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
+    sides = {"picogpt": picogpt_run(*shape)}
+    peer = None if args.no_peer else transformers_run(*shape)
+    if peer is not None:
+        sides["transformers"] = peer
+    t = interleaved(sides, args.repeats)
+    ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
+    tokens = batch * args.new_tokens
+    row = {"device": device, "dtype": args.dtype, "batch": batch, "picogpt run": summary(ours),
+           "picogpt tok/s": tokens / statistics.median(ours),
+           "transformers run": summary(theirs) if theirs else None,
+           "transformers tok/s": tokens / statistics.median(theirs) if theirs else None,
+           "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
+    if device == "cpu" and batch == 1:
+        per_token = statistics.median(ours) / args.new_tokens
+        weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
+        row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
+    print(row, flush=True)
+    return row
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", nargs="+", default=None, choices=["cpu", "gpu"], help="default: cpu, and gpu if available")
@@ -103,33 +126,15 @@ def main():
     set_tf32(False)
     bandwidth = (args.bandwidth * 1e9 if args.bandwidth else read_bandwidth(args.threads)) if "cpu" in devices else None
     runs = [(device, batch) for device in devices for batch in args.batch]
-    rows = []
     if len(runs) > 1:   # one process per device and batch (common.run_alone says why)
+        rows = []
         for device, batch in runs:
             rows += run_alone(__file__, ["--device", device, "--batch", batch, "--prompt-len", args.prompt_len,
                                          "--new-tokens", args.new_tokens, "--repeats", args.repeats, "--model", args.model,
                                          "--dtype", args.dtype, "--threads", args.threads]
                               + (["--bandwidth", bandwidth / 1e9] if bandwidth else []) + (["--no-peer"] if args.no_peer else []))
-    for device, batch in runs if len(runs) == 1 else []:
-        shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
-        sides = {"picogpt": picogpt_run(*shape)}
-        peer = None if args.no_peer else transformers_run(*shape)
-        if peer is not None:
-            sides["transformers"] = peer
-        t = interleaved(sides, args.repeats)
-        ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
-        tokens = batch * args.new_tokens
-        row = {"device": device, "dtype": args.dtype, "batch": batch, "picogpt run": summary(ours),
-               "picogpt tok/s": tokens / statistics.median(ours),
-               "transformers run": summary(theirs) if theirs else None,
-               "transformers tok/s": tokens / statistics.median(theirs) if theirs else None,
-               "ratio": ratios(theirs, ours) if theirs else None, "of bandwidth": None}
-        if device == "cpu" and batch == 1:
-            per_token = statistics.median(ours) / args.new_tokens
-            weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
-            row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
-        rows.append(row)
-        print(row, flush=True)
+    else:
+        rows = [measure(*runs[0], config, bandwidth, args)]
     title = (f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, "
              f"{args.threads} thread(s); median (min-max) of {args.repeats} interleaved runs; "
              f"ratio = transformers time / picogpt time")

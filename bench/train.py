@@ -187,6 +187,33 @@ def gemms(lib, config, batch, block):
     return step, lambda: None
 
 
+def measure(shape, args):
+    """Time picogpt and the peer (and the products alone) at one shape, in this process: a row per mode."""
+    gpu, rows = args.device == "gpu", []
+    config, batch, block = SHAPES[shape]
+    for mode in args.modes or (["float32", "tf32"] if gpu else ["float32"]):
+        set_tf32(mode == "tf32")
+        sides = {"picogpt": picogpt_step(config, args.device, batch, block)}
+        peer = None if args.no_peer else PEERS[args.peer](config, args.device, batch, block, mode == "tf32")
+        if peer is not None:
+            sides[args.peer] = peer
+        torch = None if gpu or args.no_peer else import_torch(args.threads)
+        if torch is not None:                 # the BLAS ceiling: the same products, NumPy and torch
+            sides["numpy gemms"], sides["torch gemms"] = gemms(None, config, batch, block), gemms(torch, config, batch, block)
+        t = interleaved(sides, args.repeats)
+        ours, theirs = t["picogpt"], t.get(args.peer)
+        row = {"shape": f"{shape} {config.n_layer}L/{config.n_head}H/{config.n_embd} {batch}x{block}",
+               "mode": mode, "picogpt step": summary(ours["wall"]),
+               "picogpt tok/s": batch * block / float(np.median(ours["wall"])),
+               "peer step": summary(theirs["wall"]) if theirs else None,
+               "ratio": ratios(theirs["wall"], ours["wall"]) if theirs else None,
+               "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None,
+               "BLAS ratio": ratios(t["torch gemms"]["wall"], t["numpy gemms"]["wall"]) if "torch gemms" in t else None}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -202,34 +229,14 @@ def main():
     args = p.parse_args()
     gpu = args.device == "gpu"
     shapes = args.shapes or (["gpt2-1024"] if gpu else ["char", "baby", "gpt2"])
-    rows = []
     if len(shapes) > 1:   # one process per shape (common.run_alone says why)
+        rows = []
         for shape in shapes:
             rows += run_alone(__file__, ["--shapes", shape, "--device", args.device, "--peer", args.peer,
                                          "--repeats", args.repeats, "--threads", args.threads]
                               + (["--modes", *args.modes] if args.modes else []) + (["--no-peer"] if args.no_peer else []))
-    for shape in shapes if len(shapes) == 1 else []:
-        config, batch, block = SHAPES[shape]
-        for mode in args.modes or (["float32", "tf32"] if gpu else ["float32"]):
-            set_tf32(mode == "tf32")
-            sides = {"picogpt": picogpt_step(config, args.device, batch, block)}
-            peer = None if args.no_peer else PEERS[args.peer](config, args.device, batch, block, mode == "tf32")
-            if peer is not None:
-                sides[args.peer] = peer
-            torch = None if gpu or args.no_peer else import_torch(args.threads)
-            if torch is not None:                 # the BLAS ceiling: the same products, NumPy and torch
-                sides["numpy gemms"], sides["torch gemms"] = gemms(None, config, batch, block), gemms(torch, config, batch, block)
-            t = interleaved(sides, args.repeats)
-            ours, theirs = t["picogpt"], t.get(args.peer)
-            row = {"shape": f"{shape} {config.n_layer}L/{config.n_head}H/{config.n_embd} {batch}x{block}",
-                   "mode": mode, "picogpt step": summary(ours["wall"]),
-                   "picogpt tok/s": batch * block / float(np.median(ours["wall"])),
-                   "peer step": summary(theirs["wall"]) if theirs else None,
-                   "ratio": ratios(theirs["wall"], ours["wall"]) if theirs else None,
-                   "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None,
-                   "BLAS ratio": ratios(t["torch gemms"]["wall"], t["numpy gemms"]["wall"]) if "torch gemms" in t else None}
-            rows.append(row)
-            print(row, flush=True)
+    else:
+        rows = measure(shapes[0], args)
     report(f"training step (forward + backward + clip + AdamW), {args.device}, {args.threads} thread(s), "
            f"peer: {'none' if args.no_peer else args.peer}; median (min-max) of {args.repeats} interleaved "
            f"repeats; ratio = peer time / picogpt time (wall clock; and process CPU time); BLAS ratio = torch / NumPy "
