@@ -12,6 +12,12 @@ measures this machine's read bandwidth (a 1 GB array summed in parts, one per th
 the fraction of it that picogpt's batch-1 decode reaches: (bytes of weights read per token /
 seconds per token) / bandwidth.
 
+On the CPU, with torch installed, the same run also times one decode step's matrix products
+alone (GPT-2's 49 projections at `batch` rows, the LM head included), in NumPy as picogpt takes
+them and in torch as transformers does, interleaved with the rest: set beside the step a goal
+asks for (transformers' step / 1.5 for the 1.5x goal), they show how much of a step is the BLAS's,
+whatever the code around the products does.
+
     python bench/decode.py                      # cpu, and gpu if available
     python bench/decode.py --batch 1 --repeats 9
     python bench/decode.py --device gpu --batch 1 16 --json results.jsonl
@@ -24,14 +30,15 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import (add_threads_arg, gpu_available, hf_peer, interleaved, ratios, report, run_alone, summary,
-                    torch_sync, xp_sync)
+from common import (add_threads_arg, gpu_available, hf_peer, import_torch, interleaved, ratios, report, run_alone,
+                    summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
 from picogpt.config import get_config
 from picogpt.generation import generate
 from picogpt.model import GPT2, init_params
+import picogpt.layers as L
 
 
 def picogpt_run(config, device, batch, prompt_len, new, dtype):
@@ -59,6 +66,45 @@ def transformers_run(config, device, batch, prompt_len, new, dtype):
     return run, torch_sync(torch, tdev)
 
 
+PRODUCT_STEPS = 16   # decode steps' products per timed call: long enough to time, short beside a run
+
+
+def decode_products(config):
+    """(in, out) of every matrix product in one decode step (at any batch size): each block's four
+    projections, then the tied LM head (x wte^T, (C, V))."""
+    C = config.n_embd
+    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, config.vocab_size)]
+
+
+def products_run(lib, config, batch, steps):
+    """One decode step's matrix products alone, `steps` steps a call: `decode_products` with
+    random float32 weights, in NumPy through picogpt's own `linear_forward` (lib None) or in
+    torch (lib = torch) as transformers takes them (x @ W; the LM head x @ wte^T)."""
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal(shape, dtype=np.float32) for shape in decode_products(config)[:-1]]
+    head = rng.standard_normal((config.vocab_size, config.n_embd), dtype=np.float32)   # wte (V, C)
+    xs = {n: rng.standard_normal((batch, n), dtype=np.float32) for n in {w.shape[0] for w in ws} | {config.n_embd}}
+    if lib is None:
+        def step():
+            for W in ws:
+                L.linear_forward(xs[W.shape[0]], W)
+            L.linear_forward(xs[config.n_embd], head.T)
+    else:
+        ws, head = [lib.from_numpy(W) for W in ws], lib.from_numpy(head)
+        xs = {n: lib.from_numpy(x) for n, x in xs.items()}
+
+        def step():
+            for W in ws:
+                xs[W.shape[0]] @ W
+            xs[config.n_embd] @ head.T
+
+    def run():
+        for _ in range(steps):
+            step()
+
+    return run, lambda: None
+
+
 def read_bandwidth(threads, gigabytes=1.0, repeats=5):
     """Bytes per second at which this process reads a large float32 array with `threads` threads
     (median of `repeats` sums of `gigabytes` GB: far larger than any cache, so it is memory's
@@ -84,6 +130,11 @@ def weight_bytes_per_token(config, itemsize):
     return (config.num_params() - (config.n_ctx - 1) * config.n_embd) * itemsize
 
 
+def ms_per_step(seconds, steps):
+    """Milliseconds a step: the median of runs of `steps` steps each, in seconds, over `steps`."""
+    return 1000 * statistics.median(seconds) / steps
+
+
 def measure(device, batch, config, bandwidth, args):
     """Time picogpt and transformers decoding at one device and batch size, in this process: one row."""
     shape = (config, device, batch, args.prompt_len, args.new_tokens, args.dtype)
@@ -91,6 +142,10 @@ def measure(device, batch, config, bandwidth, args):
     peer = None if args.no_peer else transformers_run(*shape)
     if peer is not None:
         sides["transformers"] = peer
+    torch = import_torch(args.threads) if peer is not None and device == "cpu" and args.dtype == "float32" else None
+    if torch is not None:   # the products alone, PRODUCT_STEPS steps a call
+        sides["numpy products"] = products_run(None, config, batch, PRODUCT_STEPS)
+        sides["torch products"] = products_run(torch, config, batch, PRODUCT_STEPS)
     t = interleaved(sides, args.repeats)
     ours, theirs = t["picogpt"]["wall"], t.get("transformers", {}).get("wall")
     tokens = batch * args.new_tokens
@@ -103,6 +158,11 @@ def measure(device, batch, config, bandwidth, args):
         per_token = statistics.median(ours) / args.new_tokens
         weights = weight_bytes_per_token(config, np.dtype(args.dtype).itemsize)
         row["of bandwidth"] = f"{weights / per_token / bandwidth:.0%}"
+    if torch is not None:   # milliseconds per step: picogpt's, the 1.5x goal's, the products' alone
+        row["picogpt ms/step"] = ms_per_step(ours, args.new_tokens)
+        row["1.5x needs ms/step"] = ms_per_step(theirs, args.new_tokens) / 1.5
+        row["products ms/step (numpy | torch)"] = (f"{ms_per_step(t['numpy products']['wall'], PRODUCT_STEPS):.1f} | "
+                                                   f"{ms_per_step(t['torch products']['wall'], PRODUCT_STEPS):.1f}")
     print(row, flush=True)
     return row
 
@@ -137,7 +197,8 @@ def main():
         rows = [measure(*runs[0], config, bandwidth, args)]
     title = (f"decode: {args.model} shapes, random weights, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, "
              f"{args.threads} thread(s); median (min-max) of {args.repeats} interleaved runs; "
-             f"ratio = transformers time / picogpt time")
+             f"ratio = transformers time / picogpt time; ms/step: a run's time / new tokens (the prompt's "
+             f"share included); products: the step's matrix products alone, NumPy as picogpt | torch as transformers")
     if bandwidth:
         title += (f"\nmemory read bandwidth (a 1 GB array summed, one part per thread): {bandwidth / 1e9:.1f} GB/s; "
                   f"weights read per batch-1 token: {weight_bytes_per_token(config, np.dtype(args.dtype).itemsize) / 1e6:.0f} MB")
