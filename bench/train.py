@@ -9,7 +9,8 @@ run in the same process (a fresh one for each shape) with the same BLAS / OpenMP
 (--threads, default 1), one step each in turn; the table gives the median and range over the repeats and the ratio
 peer time / picogpt time (>= 1.0: picogpt is at least as fast). On the CPU with torch installed,
 the same run also times the step's matrix products alone in NumPy and in torch (`BLAS ratio`,
-torch / NumPy): NumPy's OpenBLAS against torch's own BLAS, the ceiling of a step made of them.
+torch / NumPy): NumPy's OpenBLAS against torch's own BLAS, the ceiling of a step made of them;
+and each side's step less its products (`rest`: norms, attention, GELU, loss, optimizer, glue).
 
     python bench/train.py                               # CPU: nanoGPT's three shapes
     python bench/train.py --shapes char --repeats 9     # one shape, more repeats
@@ -209,6 +210,13 @@ def measure(shape, args):
                "ratio": ratios(theirs["wall"], ours["wall"]) if theirs else None,
                "ratio (cpu time)": ratios(theirs["cpu"], ours["cpu"]) if theirs else None,
                "BLAS ratio": ratios(t["torch gemms"]["wall"], t["numpy gemms"]["wall"]) if "torch gemms" in t else None}
+        if "torch gemms" in t and theirs:
+            # the step split, roughly, into its products (timed alone, so in cache: a little
+            # faster than within a step) and the rest (norms, attention, GELU, loss, optimizer)
+            ms = {name: 1000 * float(np.median(t[name]["wall"])) for name in ("picogpt", args.peer, "numpy gemms", "torch gemms")}
+            row["products alone ms (numpy | torch)"] = f"{ms['numpy gemms']:,.1f} | {ms['torch gemms']:,.1f}"
+            row["rest ms (picogpt | peer)"] = (f"{ms['picogpt'] - ms['numpy gemms']:,.1f} | "
+                                               f"{ms[args.peer] - ms['torch gemms']:,.1f}")
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -240,7 +248,8 @@ def main():
     report(f"training step (forward + backward + clip + AdamW), {args.device}, {args.threads} thread(s), "
            f"peer: {'none' if args.no_peer else args.peer}; median (min-max) of {args.repeats} interleaved "
            f"repeats; ratio = peer time / picogpt time (wall clock; and process CPU time); BLAS ratio = torch / NumPy "
-           f"time of the step's matrix products alone (the ceiling the BLAS sets)", rows, args.json)
+           f"time of the step's matrix products alone (the ceiling the BLAS sets); rest = step - products alone "
+           f"(medians)", rows, args.json)
 
 
 if __name__ == "__main__":
