@@ -119,6 +119,13 @@ def run_alone(script, argv):
     return rows
 
 
+def projection_shapes(config):
+    """(in, out) of every projection's matrix product in GPT-2's forward, in order: each block's
+    four (c_attn, attention c_proj, c_fc, MLP c_proj), then the tied LM head (x wte^T: (C, V))."""
+    C = config.n_embd
+    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, config.vocab_size)]
+
+
 def summary(seconds):
     """'median (min-max)' of a list of seconds, in milliseconds."""
     ms = [1000 * s for s in seconds]

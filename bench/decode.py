@@ -30,8 +30,8 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import (add_threads_arg, gpu_available, hf_peer, import_torch, interleaved, ratios, report, run_alone,
-                    summary, torch_sync, xp_sync)
+from common import (add_threads_arg, gpu_available, hf_peer, import_torch, interleaved, projection_shapes, ratios,
+                    report, run_alone, summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -69,19 +69,12 @@ def transformers_run(config, device, batch, prompt_len, new, dtype):
 PRODUCT_STEPS = 16   # decode steps' products per timed call: long enough to time, short beside a run
 
 
-def decode_products(config):
-    """(in, out) of every matrix product in one decode step (at any batch size): each block's four
-    projections, then the tied LM head (x wte^T, (C, V))."""
-    C = config.n_embd
-    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, config.vocab_size)]
-
-
 def products_run(lib, config, batch, steps):
-    """One decode step's matrix products alone, `steps` steps a call: `decode_products` with
-    random float32 weights, in NumPy through picogpt's own `linear_forward` (lib None) or in
+    """One decode step's matrix products alone, `steps` steps a call: `projection_shapes` at
+    `batch` rows with random float32 weights, in NumPy through picogpt's own `linear_forward` (lib None) or in
     torch (lib = torch) as transformers takes them (x @ W; the LM head x @ wte^T)."""
     rng = np.random.default_rng(0)
-    ws = [rng.standard_normal(shape, dtype=np.float32) for shape in decode_products(config)[:-1]]
+    ws = [rng.standard_normal(shape, dtype=np.float32) for shape in projection_shapes(config)[:-1]]
     head = rng.standard_normal((config.vocab_size, config.n_embd), dtype=np.float32)   # wte (V, C)
     xs = {n: rng.standard_normal((batch, n), dtype=np.float32) for n in {w.shape[0] for w in ws} | {config.n_embd}}
     if lib is None:

@@ -24,8 +24,8 @@ at 4 x 128; gpt2-1024 = GPT-2 124M at 16 x 1024 (the GPU shape).
 
 import argparse
 
-from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, ratios, report, run_alone,
-                    summary, torch_sync, xp_sync)
+from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, projection_shapes, ratios, report,
+                    run_alone, summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -167,8 +167,7 @@ PEERS = {"nanogpt": nanogpt_step, "transformers": transformers_step}
 
 def gemm_shapes(config, batch, block):
     """(rows, in, out) of every projection's product in one step, the tied LM head included."""
-    N, C = batch * block, config.n_embd
-    return [(N, C, 3 * C), (N, C, C), (N, C, 4 * C), (N, 4 * C, C)] * config.n_layer + [(N, C, config.vocab_size)]
+    return [(batch * block, i, o) for i, o in projection_shapes(config)]
 
 
 def gemms(lib, config, batch, block):

@@ -14,6 +14,7 @@ SCRIPT = """import sys
 import numpy as np
 sys.argv = ["decode.py"]
 import decode
+from common import projection_shapes
 import picogpt.layers as L
 from picogpt.config import GPT2Config
 from picogpt.generation import generate
@@ -29,7 +30,7 @@ def recording(x, W, b=None):
 
 L.linear_forward = recording
 generate(model, np.zeros((3, 4), dtype=np.int64), 2, temperature=0.0, stop_at_eot=False)
-step = [(3, i, o) for i, o in decode.decode_products(config)]
+step = [(3, i, o) for i, o in projection_shapes(config)]
 assert len(step) == 4 * 2 + 1, step
 assert shapes[len(step):] == step, (shapes, step)          # the second token's step, one row per sequence
 shapes.clear()
