@@ -126,6 +126,11 @@ def projection_shapes(config):
     return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, config.vocab_size)]
 
 
+def ms_per_step(seconds, steps=1):
+    """Milliseconds a step: the median of runs of `steps` steps each, in seconds, over `steps`."""
+    return 1000 * statistics.median(seconds) / steps
+
+
 def summary(seconds):
     """'median (min-max)' of a list of seconds, in milliseconds."""
     ms = [1000 * s for s in seconds]

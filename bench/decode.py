@@ -30,8 +30,8 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import (add_threads_arg, gpu_available, hf_peer, import_torch, interleaved, projection_shapes, ratios,
-                    report, run_alone, summary, torch_sync, xp_sync)
+from common import (add_threads_arg, gpu_available, hf_peer, import_torch, interleaved, ms_per_step, projection_shapes,
+                    ratios, report, run_alone, summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -121,11 +121,6 @@ def weight_bytes_per_token(config, itemsize):
     not needed: its one looked-up row is negligible beside the LM head's full read), except
     the position table, of which one row is read."""
     return (config.num_params() - (config.n_ctx - 1) * config.n_embd) * itemsize
-
-
-def ms_per_step(seconds, steps):
-    """Milliseconds a step: the median of runs of `steps` steps each, in seconds, over `steps`."""
-    return 1000 * statistics.median(seconds) / steps
 
 
 def measure(device, batch, config, bandwidth, args):

@@ -24,8 +24,8 @@ at 4 x 128; gpt2-1024 = GPT-2 124M at 16 x 1024 (the GPU shape).
 
 import argparse
 
-from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, projection_shapes, ratios, report,
-                    run_alone, summary, torch_sync, xp_sync)
+from common import (THREADS, add_threads_arg, hf_peer, import_torch, interleaved, ms_per_step, projection_shapes, ratios,
+                    report, run_alone, summary, torch_sync, xp_sync)
 import numpy as np
 
 from picogpt.backend import set_tf32, xp_for
@@ -212,7 +212,7 @@ def measure(shape, args):
         if "torch gemms" in t and theirs:
             # the step split, roughly, into its products (timed alone, so in cache: a little
             # faster than within a step) and the rest (norms, attention, GELU, loss, optimizer)
-            ms = {name: 1000 * float(np.median(t[name]["wall"])) for name in ("picogpt", args.peer, "numpy gemms", "torch gemms")}
+            ms = {name: ms_per_step(t[name]["wall"]) for name in ("picogpt", args.peer, "numpy gemms", "torch gemms")}
             row["products alone ms (numpy | torch)"] = f"{ms['numpy gemms']:,.1f} | {ms['torch gemms']:,.1f}"
             row["rest ms (picogpt | peer)"] = (f"{ms['picogpt'] - ms['numpy gemms']:,.1f} | "
                                                f"{ms[args.peer] - ms['torch gemms']:,.1f}")
